@@ -1,0 +1,285 @@
+"""pyexec runner: the only Python we write. It runs inside the jail, as nobody.
+
+    python3 -I -u runner.py RESULT_FD RESULT_MAX
+
+Protocol with pyexecd (see docs/security.md):
+1. Writes "READY\\n" on RESULT_FD once the interpreter is up, then reads the script from stdin
+   until EOF.
+2. Runs the script as a module named "__script__" (never "__main__"), then calls main().
+3. Writes one frame on RESULT_FD: a header line, {"status": "ok"} followed by the result's JSON,
+   or {"status": "error", "error": CODE, "message": TEXT, "traceback": TEXT}.
+What the script prints (stdout and stderr) goes to fd 1 and nowhere else.
+"""
+
+import gc
+import inspect
+import json
+import linecache
+import os
+import resource
+import sys
+import traceback
+import types
+
+FILENAME = "<script>"
+MODULE_NAME = "__script__"
+MESSAGE_MAX = 2000
+TRACEBACK_MAX = 60000
+
+
+class ScriptError(Exception):
+    """A failure to report as the contract's error `code`."""
+
+    def __init__(self, code, message, exc=None):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.exc = exc
+
+
+def hide_result_fd(fd):
+    """Moves the result channel to the highest descriptor, so a script that writes to low
+    descriptors cannot corrupt the frame by accident."""
+    top = resource.getrlimit(resource.RLIMIT_NOFILE)[0] - 1
+    import fcntl
+
+    hidden = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, max(top, fd + 1))
+    os.close(fd)
+    return hidden
+
+
+def write_all(fd, data):
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def read_script():
+    chunks = []
+    while True:
+        chunk = os.read(0, 1 << 16)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    devnull = os.open("/dev/null", os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    return b"".join(chunks)
+
+
+def clean_text(text, limit):
+    """Valid UTF-8 (no lone surrogates), at most `limit` characters."""
+    text = text.encode("utf-8", "replace").decode("utf-8")
+    if len(text) > limit:
+        half = limit // 2
+        text = text[:half] + "\n...\n" + text[-half:]
+    return text
+
+
+def exc_text(exc):
+    try:
+        detail = str(exc)
+    except BaseException:
+        detail = "(its message could not be shown)"
+    name = type(exc).__name__
+    return clean_text(f"{name}: {detail}" if detail else name, MESSAGE_MAX)
+
+
+def user_traceback(exc):
+    """The traceback with the user's frames only: no runner frames, no paths."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == FILENAME]
+    lines = ["Traceback (most recent call last):\n"] if frames else []
+    lines += traceback.format_list(frames)
+    lines += traceback.format_exception_only(type(exc), exc)
+    return clean_text("".join(lines), TRACEBACK_MAX)
+
+
+def compile_script(source):
+    try:
+        code = compile(source, FILENAME, "exec", dont_inherit=True)
+    except SyntaxError as exc:
+        line = f"line {exc.lineno}" if exc.lineno else "an unknown line"
+        raise ScriptError(
+            "syntax_error",
+            clean_text(f"The script does not compile: {exc.msg} at {line}; fix the syntax there.",
+                       MESSAGE_MAX),
+            exc,
+        )
+    except ValueError as exc:  # NUL bytes in the source
+        raise ScriptError("syntax_error", f"The script does not compile: {exc}; remove them.")
+    return code
+
+
+def load_module(code, text):
+    module = types.ModuleType(MODULE_NAME)
+    module.__file__ = FILENAME
+    sys.modules[MODULE_NAME] = module
+    linecache.cache[FILENAME] = (len(text), None, text.splitlines(True), FILENAME)
+    sys.argv = [FILENAME]
+    try:
+        exec(code, module.__dict__)
+    except SystemExit as exc:
+        raise ScriptError("exception", "The script called sys.exit() while loading; define "
+                          "main() and return a value from it instead of exiting.", exc)
+    except MemoryError as exc:
+        raise ScriptError("memory_limit", "out of memory", exc)
+    except BaseException as exc:
+        raise ScriptError("exception", f"The script raised {exc_text(exc)} while loading; "
+                          "fix the code outside main().", exc)
+    return module
+
+
+def find_main(module):
+    if "main" not in module.__dict__:
+        raise ScriptError("no_main", "The script defines no main(); add `def main():` that "
+                          "returns the result.")
+    main = module.__dict__["main"]
+    if not callable(main):
+        raise ScriptError("main_not_callable", f"main is a {type(main).__name__}, not a "
+                          "function; define `def main():` that returns the result.")
+    try:
+        inspect.signature(main).bind()
+    except TypeError:
+        raise ScriptError("main_not_callable", f"main{inspect.signature(main)} needs "
+                          "arguments, but it is called with none; define `def main():`.")
+    except ValueError:
+        pass  # no signature to inspect (some builtins): calling it will tell
+    return main
+
+
+def call_main(main):
+    try:
+        value = main()
+        if inspect.isawaitable(value):
+            import asyncio
+
+            async def wait_for(awaitable):
+                return await awaitable
+
+            value = asyncio.run(wait_for(value))
+    except SystemExit as exc:
+        raise ScriptError("exception", "main() called sys.exit(); return a value from main() "
+                          "instead of exiting.", exc)
+    except MemoryError as exc:
+        raise ScriptError("memory_limit", "out of memory", exc)
+    except BaseException as exc:
+        raise ScriptError("exception", f"main() raised {exc_text(exc)}.", exc)
+    return value
+
+
+def type_name(obj):
+    cls = type(obj)
+    module = cls.__module__
+    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
+
+
+def not_json(message):
+    return ScriptError("result_not_json", message)
+
+
+def encode_result(value, result_max):
+    if value is None:
+        raise not_json("main() returned None; return a JSON value (a dict, list, str, number "
+                       "or bool).")
+    offending = []
+
+    def refuse(obj):
+        offending.append(obj)
+        raise TypeError(type_name(obj))
+
+    try:
+        text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"),
+                          default=refuse)
+        data = text.encode("utf-8")
+    except RecursionError:
+        raise not_json("main() returned a value nested too deeply to encode as JSON; flatten "
+                       "it.")
+    except MemoryError as exc:
+        raise ScriptError("memory_limit", "out of memory", exc)
+    except UnicodeEncodeError:
+        raise not_json("main() returned a str that is not valid Unicode (a lone surrogate); "
+                       "return text that can be encoded as UTF-8.")
+    except ValueError as exc:
+        if "Circular" in str(exc):
+            raise not_json("main() returned a value that contains itself; JSON cannot encode "
+                           "circular references.")
+        raise not_json("main() returned NaN or Infinity, which JSON cannot encode; replace "
+                       "them (for example with None or a string).")
+    except TypeError as exc:
+        if offending:
+            name = type_name(offending[0])
+            hint = " (for example with .tolist() or .item())" if name.startswith("numpy.") \
+                else " (for example a set to a list)"
+            raise not_json(f"main() returned a value containing a {name}, which JSON cannot "
+                           f"encode; convert it first{hint}.")
+        raise not_json(f"main() returned a dict JSON cannot encode: {exc}; use str keys.")
+    if len(data) > result_max:
+        raise ScriptError("result_too_large", f"main() returned a value whose JSON encoding is "
+                          f"{len(data)} bytes, over the {result_max}-byte limit; return less "
+                          "data.")
+    return data
+
+
+def error_frame(err):
+    header = {"status": "error", "error": err.code, "message": clean_text(err.message,
+                                                                         MESSAGE_MAX)}
+    if err.exc is not None and err.code in ("syntax_error", "exception"):
+        try:
+            header["traceback"] = user_traceback(err.exc)
+        except BaseException:
+            pass
+    return json.dumps(header).encode("ascii") + b"\n"
+
+
+def finish(result_fd, frame):
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BaseException:
+            pass  # the script may have closed or replaced it
+    write_all(result_fd, frame)
+    os._exit(0)
+
+
+def run(result_fd, result_max):
+    source = read_script()
+    # What the script writes to stderr joins its stdout, in order.
+    os.dup2(1, 2)
+    code = compile_script(source)
+    module = load_module(code, source.decode("utf-8", "replace"))
+    main = find_main(module)
+    value = call_main(main)
+    return b'{"status":"ok"}\n' + encode_result(value, result_max)
+
+
+def start():
+    result_fd = int(sys.argv[1])
+    result_max = int(sys.argv[2])
+    try:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write("1000")  # the kernel's first choice when memory runs out
+    except OSError:
+        pass
+    result_fd = hide_result_fd(result_fd)
+    write_all(result_fd, b"READY\n")
+    pid = os.getpid()
+    ballast = bytearray(1 << 20)  # freed on MemoryError so the report can be written
+    try:
+        frame = run(result_fd, result_max)
+    except ScriptError as err:
+        if os.getpid() != pid:
+            os._exit(0)  # a forked child came back: only the original reports
+        if err.code == "memory_limit":
+            # Drop everything the script held (its traceback keeps its frames alive).
+            err.exc = None
+            del ballast
+            sys.modules.pop(MODULE_NAME, None)
+            gc.collect()
+        frame = error_frame(err)
+    if os.getpid() != pid:
+        os._exit(0)
+    finish(result_fd, frame)
+
+
+if __name__ == "__main__":
+    start()

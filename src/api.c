@@ -1,0 +1,345 @@
+#include "api.h"
+
+#include <ctype.h>
+#include <jansson.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "frame.h"
+#include "text.h"
+
+#define EXAMPLE "{\"script\": \"def main():\\n    return 42\\n\"}"
+
+/* ---- request ---- */
+
+static bool token_is(const char *s, size_t n, const char *word)
+{
+	while (n && isspace((unsigned char)*s))
+		s++, n--;
+	while (n && isspace((unsigned char)s[n - 1]))
+		n--;
+	if (n >= 2 && s[0] == '"' && s[n - 1] == '"')
+		s++, n -= 2;
+	return n == strlen(word) && strncasecmp(s, word, n) == 0;
+}
+
+bool api_content_type_ok(const char *ct)
+{
+	size_t n;
+
+	if (!ct)
+		return false;
+	n = strcspn(ct, ";");
+	if (!token_is(ct, n, "application/json"))
+		return false;
+	/* Parameters: only a UTF-8 charset is acceptable, since that is what we decode. */
+	for (const char *p = ct + n; *p == ';';) {
+		const char *param = p + 1;
+		size_t plen = strcspn(param, ";");
+		const char *eq = memchr(param, '=', plen);
+		if (eq && token_is(param, (size_t)(eq - param), "charset") &&
+		    !token_is(eq + 1, plen - (size_t)(eq + 1 - param), "utf-8"))
+			return false;
+		p = param + plen;
+	}
+	return true;
+}
+
+static const char *json_kind(const json_t *v)
+{
+	switch (json_typeof(v)) {
+	case JSON_OBJECT:
+		return "an object";
+	case JSON_ARRAY:
+		return "an array";
+	case JSON_STRING:
+		return "a string";
+	case JSON_INTEGER:
+	case JSON_REAL:
+		return "a number";
+	case JSON_TRUE:
+	case JSON_FALSE:
+		return "a boolean";
+	default:
+		return "null";
+	}
+}
+
+static int parse_timeout(const json_t *t, const struct api_limits *lim, double *out, struct err *e)
+{
+	double v;
+
+	if (!t) {
+		*out = lim->timeout;
+		return 0;
+	}
+	if (!json_is_number(t))
+		return err_set(e, 400, "invalid_request",
+			       "\"timeout\" must be a number of seconds, not %s.", json_kind(t));
+	v = json_number_value(t);
+	if (!(v > 0) || v > lim->max_timeout)
+		return err_set(e, 400, "invalid_request",
+			       "\"timeout\" must be above 0 and at most %g seconds (the server's "
+			       "maximum), not %g.",
+			       lim->max_timeout, v);
+	*out = v;
+	return 0;
+}
+
+static int parse_fields(json_t *root, const struct api_limits *lim, struct job *job, struct err *e)
+{
+	const char *key;
+	json_t *val, *script;
+
+	json_object_foreach(root, key, val)
+	{
+		if (strcmp(key, "script") && strcmp(key, "timeout"))
+			return err_set(e, 400, "invalid_request",
+				       "Unknown field \"%.64s\"; the accepted fields are \"script\" "
+				       "and \"timeout\".",
+				       key);
+	}
+	script = json_object_get(root, "script");
+	if (!script)
+		return err_set(e, 400, "invalid_request",
+			       "The field \"script\" is required: Python source that defines "
+			       "main(), e.g. %s.",
+			       EXAMPLE);
+	if (!json_is_string(script))
+		return err_set(e, 400, "invalid_request",
+			       "\"script\" must be a string of Python source, not %s.",
+			       json_kind(script));
+	if (json_string_length(script) == 0)
+		return err_set(e, 400, "invalid_request",
+			       "\"script\" is empty; send Python source that defines main().");
+	if (parse_timeout(json_object_get(root, "timeout"), lim, &job->timeout, e) < 0)
+		return -1;
+	job->script_len = json_string_length(script);
+	job->script = malloc(job->script_len + 1);
+	if (!job->script)
+		return err_set(e, 500, "internal", "The server is out of memory; try again.");
+	memcpy(job->script, json_string_value(script), job->script_len + 1);
+	return 0;
+}
+
+int api_request_parse(const char *body, size_t len, const struct api_limits *lim, struct job *job,
+		      struct err *e)
+{
+	json_error_t jerr;
+	json_t *root;
+	int rc;
+
+	memset(job, 0, sizeof(*job));
+	root = json_loadb(body, len, JSON_DECODE_ANY | JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL,
+			  &jerr);
+	if (!root)
+		return err_set(e, 400, "invalid_json",
+			       "The request body is not valid UTF-8 JSON (%s, line %d column %d); "
+			       "send an object like %s.",
+			       jerr.text, jerr.line, jerr.column, EXAMPLE);
+	if (!json_is_object(root))
+		rc = err_set(e, 400, "invalid_request",
+			     "The request body must be a JSON object like %s, not %s.", EXAMPLE,
+			     json_kind(root));
+	else
+		rc = parse_fields(root, lim, job, e);
+	json_decref(root);
+	if (rc < 0)
+		api_job_free(job);
+	return rc;
+}
+
+void api_job_free(struct job *job)
+{
+	free(job->script);
+	memset(job, 0, sizeof(*job));
+}
+
+/* ---- response ---- */
+
+static int response_from_json(struct response *r, int status, json_t *o)
+{
+	r->status = status;
+	r->body = o ? json_dumps(o, JSON_COMPACT) : NULL;
+	json_decref(o);
+	if (!r->body)
+		return -1;
+	r->len = strlen(r->body);
+	return 0;
+}
+
+/* A JSON string from bytes that may not be valid UTF-8 (cut: they were truncated). */
+static json_t *json_text(const char *s, size_t n, bool cut)
+{
+	size_t len;
+	char *clean = text_utf8_clean(s, n, cut, &len);
+	json_t *v = clean ? json_stringn_nocheck(clean, len) : NULL;
+
+	free(clean);
+	return v;
+}
+
+static json_t *error_object(const char *code, const char *message)
+{
+	json_t *o = json_object();
+
+	json_object_set_new(o, "error", json_string(code));
+	/* Messages may quote user input cut at a byte limit: clean them. */
+	json_object_set_new(o, "message", json_text(message, strlen(message), true));
+	return o;
+}
+
+int api_error_response(struct response *r, int status, const char *code, const char *message)
+{
+	memset(r, 0, sizeof(*r));
+	return response_from_json(r, status, error_object(code, message));
+}
+
+static json_t *run_stdout(const struct run_result *run)
+{
+	return json_text(run->out.data ? run->out.data : "", run->out.len, run->out.truncated);
+}
+
+static int script_error(struct response *r, const struct run_result *run, const char *code,
+			const char *message, const char *traceback)
+{
+	json_t *o = error_object(code, message);
+
+	json_object_set_new(o, "stdout", run_stdout(run));
+	if (traceback)
+		json_object_set_new(o, "traceback", json_text(traceback, strlen(traceback), false));
+	return response_from_json(r, 422, o);
+}
+
+static int ok_response(struct response *r, const struct run_result *run, const struct frame *f)
+{
+	json_t *out = run_stdout(run);
+	char *out_text = out ? json_dumps(out, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
+	size_t cap;
+
+	json_decref(out);
+	if (!out_text)
+		return -1;
+	/* The result's bytes were validated by frame_parse and go out as the runner encoded them. */
+	cap = f->result_len + strlen(out_text) + 32;
+	r->body = malloc(cap);
+	if (r->body)
+		r->len = (size_t)snprintf(r->body, cap, "{\"result\":%.*s,\"stdout\":%s}",
+					  (int)f->result_len, f->result, out_text);
+	free(out_text);
+	r->status = 200;
+	return r->body ? 0 : -1;
+}
+
+static int memory_error(struct response *r, const struct run_result *run,
+			const struct api_limits *lim)
+{
+	char msg[256];
+
+	snprintf(msg, sizeof(msg),
+		 "The script ran out of memory (the limit is %lu MiB); use less memory, for "
+		 "example by processing the data in smaller pieces.",
+		 lim->memory_mb);
+	return script_error(r, run, "memory_limit", msg, NULL);
+}
+
+static int too_large(struct response *r, const struct run_result *run,
+		     const struct api_limits *lim)
+{
+	char msg[256];
+
+	snprintf(msg, sizeof(msg),
+		 "main() returned a value whose JSON encoding is over the %zu-byte limit; return "
+		 "less data.",
+		 lim->result_max);
+	return script_error(r, run, "result_too_large", msg, NULL);
+}
+
+static int frame_response(struct response *r, const struct run_result *run,
+			  const struct api_limits *lim)
+{
+	struct frame f;
+	struct err e;
+	int rc;
+
+	if (frame_parse(run->chan.data, run->chan.len, &f, &e) < 0)
+		rc = script_error(r, run, "result_not_json",
+				  "The script wrote bytes the server cannot read as a result onto "
+				  "its result channel; return the value from main() instead of "
+				  "writing to inherited file descriptors.",
+				  NULL);
+	else if (f.ok && f.result_len > lim->result_max)
+		rc = too_large(r, run, lim);
+	else if (f.ok)
+		rc = ok_response(r, run, &f);
+	else if (strcmp(f.code, "memory_limit") == 0)
+		rc = memory_error(r, run, lim);
+	else
+		rc = script_error(r, run, f.code, f.message, f.traceback);
+	frame_free(&f);
+	return rc;
+}
+
+static int no_frame_response(struct response *r, const struct run_result *run,
+			     const struct job *job)
+{
+	char msg[256];
+	int code = run->exit_code;
+
+	if (code > 128 && code < 128 + 65) {
+		int sig = code - 128;
+		const char *name = sigabbrev_np(sig);
+		if (sig == SIGXCPU) {
+			snprintf(msg, sizeof(msg),
+				 "The script used all the CPU time it had (about %g s); make it "
+				 "faster or send a larger \"timeout\".",
+				 job->timeout);
+			return script_error(r, run, "timeout", msg, NULL);
+		}
+		snprintf(msg, sizeof(msg),
+			 "The script was killed by signal SIG%s before main() returned%s.",
+			 name ? name : "?",
+			 sig == SIGKILL ? " (it may have passed its memory or process limit)" : "");
+		return script_error(r, run, "killed", msg, NULL);
+	}
+	snprintf(msg, sizeof(msg),
+		 "The script exited with status %d before main() returned; return a value from "
+		 "main() instead of exiting.",
+		 code);
+	return script_error(r, run, "exception", msg, NULL);
+}
+
+int api_outcome_response(const struct run_result *run, const struct job *job,
+			 const struct api_limits *lim, struct response *r)
+{
+	char msg[256];
+
+	memset(r, 0, sizeof(*r));
+	r->stdout_truncated = run->out.truncated;
+	if (!run->ready)
+		return api_error_response(r, 500, "internal",
+					  "The sandbox could not start; this is a problem with the "
+					  "server, not your script (the server log has details).");
+	if (run->end == RUN_TIMEOUT) {
+		snprintf(msg, sizeof(msg),
+			 "The script did not finish within its %g s time limit; make it faster "
+			 "or send a larger \"timeout\" (at most %g s).",
+			 job->timeout, lim->max_timeout);
+		return script_error(r, run, "timeout", msg, NULL);
+	}
+	if (run->chan.truncated)
+		return too_large(r, run, lim);
+	if (run->chan.len)
+		return frame_response(r, run, lim);
+	return no_frame_response(r, run, job);
+}
+
+void api_response_free(struct response *r)
+{
+	free(r->body);
+	memset(r, 0, sizeof(*r));
+}

@@ -1,0 +1,49 @@
+/* api: the v1 contract as pure functions. Bytes in, a validated job out; a run's result in, the
+ * HTTP status and body out. No syscalls, so it can be unit-tested and fuzzed. */
+#ifndef PYEXEC_API_H
+#define PYEXEC_API_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "err.h"
+#include "run.h"
+
+struct api_limits {
+	double timeout;	    /* default seconds */
+	double max_timeout; /* largest a request may ask for */
+	size_t result_max;
+	unsigned long memory_mb;
+};
+
+struct job {
+	char *script; /* owned, NUL-terminated (may also hold NULs) */
+	size_t script_len;
+	double timeout;
+};
+
+struct response {
+	int status;
+	char *body; /* owned; release with api_response_free */
+	size_t len;
+	bool stdout_truncated;
+};
+
+/* True when a Content-Type header names JSON in UTF-8. */
+bool api_content_type_ok(const char *content_type);
+
+/* Validates a request body into job (released with api_job_free). */
+int api_request_parse(const char *body, size_t len, const struct api_limits *lim, struct job *job,
+		      struct err *e);
+void api_job_free(struct job *job);
+
+/* {"error": code, "message": message}. Returns -1 when out of memory. */
+int api_error_response(struct response *r, int status, const char *code, const char *message);
+
+/* Turns a finished run into the contract's answer. Returns -1 when out of memory. */
+int api_outcome_response(const struct run_result *run, const struct job *job,
+			 const struct api_limits *lim, struct response *r);
+
+void api_response_free(struct response *r);
+
+#endif

@@ -1,0 +1,200 @@
+#include "config.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+enum kind { K_STR, K_ULONG, K_SECONDS };
+
+struct setting {
+	const char *flag; /* without the leading "--" */
+	const char *env;
+	enum kind kind;
+	size_t offset;
+	size_t size; /* for K_STR */
+	const char *def;
+	const char *help;
+};
+
+#define STR(f) K_STR, offsetof(struct config, f), sizeof(((struct config *)0)->f)
+#define NUM(k, f) k, offsetof(struct config, f), 0
+
+static const struct setting settings[] = {
+    {"host", "PYEXEC_HOST", STR(host), "0.0.0.0", "address to listen on"},
+    {"port", "PORT", NUM(K_ULONG, port), "8080", "TCP port to listen on"},
+    {"python", "PYEXEC_PYTHON", STR(python), "/usr/bin/python3", "Python interpreter in the jail"},
+    {"nsjail", "PYEXEC_NSJAIL", STR(nsjail), "", "nsjail binary (default: found on PATH)"},
+    {"runner", "PYEXEC_RUNNER", STR(runner), "", "runner.py (default: in-tree, else installed)"},
+    {"jail-config", "PYEXEC_JAIL_CONFIG", STR(jail_config), "",
+     "nsjail config (default: in-tree, else installed)"},
+    {"seccomp", "PYEXEC_SECCOMP", STR(seccomp), "",
+     "kafel seccomp policy (default: in-tree, else installed)"},
+    {"timeout", "PYEXEC_TIMEOUT", NUM(K_SECONDS, timeout), "10",
+     "default wall-clock seconds per run"},
+    {"max-timeout", "PYEXEC_MAX_TIMEOUT", NUM(K_SECONDS, max_timeout), "60",
+     "largest timeout a request may ask for"},
+    {"start-timeout", "PYEXEC_START_TIMEOUT", NUM(K_SECONDS, start_timeout), "10",
+     "seconds a jail may take to start before the run fails"},
+    {"memory-mb", "PYEXEC_MEMORY_MB", NUM(K_ULONG, memory_mb), "512",
+     "memory (address space) per run, MiB"},
+    {"max-procs", "PYEXEC_MAX_PROCS", NUM(K_ULONG, max_procs), "32",
+     "processes and threads per run"},
+    {"max-files", "PYEXEC_MAX_FILES", NUM(K_ULONG, max_files), "256",
+     "open files per process in a run"},
+    {"tmp-mb", "PYEXEC_TMP_MB", NUM(K_ULONG, tmp_mb), "64",
+     "size of the run's /tmp and largest file, MiB"},
+    {"stdout-max", "PYEXEC_STDOUT_MAX", NUM(K_ULONG, stdout_max), "1048576",
+     "bytes of stdout kept per run"},
+    {"result-max", "PYEXEC_RESULT_MAX", NUM(K_ULONG, result_max), "1048576",
+     "bytes of JSON result allowed"},
+    {"body-max", "PYEXEC_BODY_MAX", NUM(K_ULONG, body_max), "1048576",
+     "bytes of request body allowed"},
+    {"max-connections", "PYEXEC_MAX_CONNECTIONS", NUM(K_ULONG, max_connections), "256",
+     "open HTTP connections at once"},
+};
+
+#define NSETTINGS (sizeof(settings) / sizeof(settings[0]))
+
+static int setting_apply(struct config *c, const struct setting *s, const char *v, struct err *e)
+{
+	char *p = (char *)c + s->offset;
+	char *end;
+
+	if (s->kind == K_STR) {
+		if (strlen(v) >= s->size)
+			return err_set(e, 0, "config", "--%s is too long", s->flag);
+		strcpy(p, v);
+		return 0;
+	}
+	errno = 0;
+	if (s->kind == K_ULONG) {
+		unsigned long n = strtoul(v, &end, 10);
+		if (errno || end == v || *end || v[0] == '-')
+			return err_set(e, 0, "config", "--%s (%s) must be a whole number, not '%s'",
+				       s->flag, s->env, v);
+		*(unsigned long *)p = n;
+		return 0;
+	}
+	double d = strtod(v, &end);
+	if (errno || end == v || *end || !isfinite(d) || d <= 0)
+		return err_set(e, 0, "config", "--%s (%s) must be a positive number of seconds, not '%s'",
+			       s->flag, s->env, v);
+	*(double *)p = d;
+	return 0;
+}
+
+static void config_usage(void)
+{
+	printf("usage: pyexecd [--FLAG VALUE]...\n\n"
+	       "Runs untrusted Python scripts in nsjail behind POST /execute.\n"
+	       "Every flag has an environment variable; a flag wins over its variable.\n\n");
+	for (size_t i = 0; i < NSETTINGS; i++)
+		printf("  --%-16s %-22s %s (default: %s)\n", settings[i].flag, settings[i].env,
+		       settings[i].help, settings[i].def[0] ? settings[i].def : "see text");
+}
+
+/* The in-tree file when running from a checkout, the installed one otherwise. */
+static void default_path(char *out, size_t n, const char *intree, const char *installed)
+{
+	char exe[PATH_MAX];
+	ssize_t len = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+
+	if (len > 0) {
+		exe[len] = '\0';
+		char *slash = strrchr(exe, '/');
+		if (slash) {
+			*slash = '\0';
+			int len2 = snprintf(out, n, "%s/../%s", exe, intree);
+			if (len2 > 0 && (size_t)len2 < n && access(out, R_OK) == 0)
+				return;
+		}
+	}
+	snprintf(out, n, "%s", installed);
+}
+
+static int find_on_path(char *out, size_t n, const char *name)
+{
+	const char *path = getenv("PATH");
+	char dir[PATH_MAX];
+
+	if (!path)
+		path = "/usr/local/bin:/usr/bin:/bin";
+	while (*path) {
+		size_t len = strcspn(path, ":");
+		if (len && len < sizeof(dir)) {
+			memcpy(dir, path, len);
+			dir[len] = '\0';
+			int len2 = snprintf(out, n, "%s/%s", dir, name);
+			if (len2 > 0 && (size_t)len2 < n && access(out, X_OK) == 0)
+				return 0;
+		}
+		path += len + (path[len] == ':');
+	}
+	out[0] = '\0';
+	return -1;
+}
+
+static const struct setting *setting_by_flag(const char *flag)
+{
+	for (size_t i = 0; i < NSETTINGS; i++)
+		if (strcmp(settings[i].flag, flag) == 0)
+			return &settings[i];
+	return NULL;
+}
+
+static int config_defaults(struct config *c, struct err *e)
+{
+	if (!c->nsjail[0])
+		find_on_path(c->nsjail, sizeof(c->nsjail), "nsjail");
+	if (!c->runner[0])
+		default_path(c->runner, sizeof(c->runner), "runner/runner.py",
+			     "/usr/lib/pyexec/runner.py");
+	if (!c->jail_config[0])
+		default_path(c->jail_config, sizeof(c->jail_config), "config/nsjail.cfg",
+			     "/usr/lib/pyexec/nsjail.cfg");
+	if (!c->seccomp[0])
+		default_path(c->seccomp, sizeof(c->seccomp), "config/seccomp.kafel",
+			     "/usr/lib/pyexec/seccomp.kafel");
+	if (c->timeout > c->max_timeout)
+		return err_set(e, 0, "config", "PYEXEC_TIMEOUT (%g) is above PYEXEC_MAX_TIMEOUT (%g)",
+			       c->timeout, c->max_timeout);
+	if (c->port == 0 || c->port > 65535)
+		return err_set(e, 0, "config", "PORT must be 1-65535, not %lu", c->port);
+	if (c->memory_mb < 64 || c->max_procs < 1 || c->tmp_mb < 1 || c->max_files < 16)
+		return err_set(e, 0, "config",
+			       "limits too small: memory-mb >= 64, max-procs >= 1, tmp-mb >= 1 and "
+			       "max-files >= 16 are needed for Python to start");
+	if (c->stdout_max < 1 || c->result_max < 16 || c->body_max < 16)
+		return err_set(e, 0, "config", "stdout-max >= 1, result-max and body-max >= 16");
+	return 0;
+}
+
+int config_load(struct config *c, int argc, char **argv, struct err *e)
+{
+	memset(c, 0, sizeof(*c));
+	for (size_t i = 0; i < NSETTINGS; i++) {
+		const char *v = getenv(settings[i].env);
+		if (setting_apply(c, &settings[i], settings[i].def, e) < 0)
+			return -1;
+		if (v && *v && setting_apply(c, &settings[i], v, e) < 0)
+			return -1;
+	}
+	for (int i = 1; i < argc; i++) {
+		const char *a = argv[i];
+		if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+			config_usage();
+			return 1;
+		}
+		const struct setting *s = strncmp(a, "--", 2) == 0 ? setting_by_flag(a + 2) : NULL;
+		if (!s)
+			return err_set(e, 0, "config", "unknown argument '%s' (see --help)", a);
+		if (i + 1 >= argc)
+			return err_set(e, 0, "config", "%s needs a value", a);
+		if (setting_apply(c, s, argv[++i], e) < 0)
+			return -1;
+	}
+	return config_defaults(c, e);
+}

@@ -1,0 +1,35 @@
+/* config: every setting of the service, from PYEXEC_* environment variables (and PORT) with a
+ * matching command-line flag that wins over the environment. */
+#ifndef PYEXEC_CONFIG_H
+#define PYEXEC_CONFIG_H
+
+#include <limits.h>
+#include <stddef.h>
+
+#include "err.h"
+
+struct config {
+	char host[256];
+	unsigned long port;
+	char python[PATH_MAX];	    /* interpreter used inside the jail */
+	char nsjail[PATH_MAX];	    /* resolved on PATH when not given */
+	char runner[PATH_MAX];	    /* runner.py bound read-only into the jail */
+	char jail_config[PATH_MAX]; /* nsjail protobuf-text config */
+	char seccomp[PATH_MAX];	    /* kafel policy for the jail */
+	double timeout;		    /* default wall-clock seconds per run */
+	double max_timeout;	    /* largest timeout a request may ask for */
+	double start_timeout;	    /* seconds a jail may take to become ready */
+	unsigned long memory_mb;
+	unsigned long max_procs;
+	unsigned long max_files;
+	unsigned long tmp_mb;
+	unsigned long stdout_max;
+	unsigned long result_max;
+	unsigned long body_max;
+	unsigned long max_connections;
+};
+
+/* Returns 0 when the service should run, 1 when --help was printed, -1 on a bad setting. */
+int config_load(struct config *c, int argc, char **argv, struct err *e);
+
+#endif

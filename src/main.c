@@ -1,0 +1,52 @@
+/* pyexecd: runs untrusted Python scripts in nsjail behind an HTTP API. */
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "http.h"
+#include "log.h"
+
+/* Spawned jails rely on descriptors 0-2 being taken, so pipes never land on them. */
+static void ensure_std_fds(void)
+{
+	for (int fd = 0; fd < 3; fd++)
+		if (fcntl(fd, F_GETFD) < 0 && open("/dev/null", O_RDWR) < 0)
+			exit(1);
+}
+
+int main(int argc, char **argv)
+{
+	struct config cfg;
+	struct err e;
+	struct http *h;
+	sigset_t stop;
+	int sig = 0, rc;
+
+	ensure_std_fds();
+	rc = config_load(&cfg, argc, argv, &e);
+	if (rc == 1)
+		return 0;
+	if (rc < 0) {
+		fprintf(stderr, "pyexecd: %s\n", e.message);
+		return 2;
+	}
+	/* A client that hangs up must never kill the server. */
+	signal(SIGPIPE, SIG_IGN);
+	/* Blocked before any thread exists, so only sigwait below sees them. */
+	sigemptyset(&stop);
+	sigaddset(&stop, SIGTERM);
+	sigaddset(&stop, SIGINT);
+	pthread_sigmask(SIG_BLOCK, &stop, NULL);
+	h = http_start(&cfg, &e);
+	if (!h) {
+		log_error("cannot start: %s", e.message);
+		return 1;
+	}
+	sigwait(&stop, &sig);
+	log_info("received signal %d, stopping", sig);
+	http_stop(h);
+	return 0;
+}
