@@ -24,10 +24,10 @@ build-asan/pyexecd: $(SRCS) $(HDRS) | build-asan
 	$(CC) $(CPPFLAGS) -O1 -g $(SAN) $(WARN) -o $@ $(SRCS) $(LIBS)
 
 build/unit: $(UNIT) $(LIB_SRCS) $(HDRS) | build
-	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -Isrc -o $@ $(UNIT) $(LIB_SRCS) $(LIBS) -lcmocka
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -iquote src -o $@ $(UNIT) $(LIB_SRCS) $(LIBS) -lcmocka
 
 build-asan/unit: $(UNIT) $(LIB_SRCS) $(HDRS) | build-asan
-	$(CC) $(CPPFLAGS) -O1 -g $(SAN) $(WARN) -Isrc -o $@ $(UNIT) $(LIB_SRCS) $(LIBS) -lcmocka
+	$(CC) $(CPPFLAGS) -O1 -g $(SAN) $(WARN) -iquote src -o $@ $(UNIT) $(LIB_SRCS) $(LIBS) -lcmocka
 
 build build-asan:
 	mkdir -p $@

@@ -252,6 +252,25 @@ def run(result_fd, result_max):
     return b'{"status":"ok"}\n' + encode_result(value, result_max)
 
 
+def become_init():
+    """Splits off the process that runs the script. The jail's first process is the pid
+    namespace's init: the kernel drops signals it has no handler for, and every other process
+    dies with it. So it only reaps, and leaves with the script's status once the script's
+    process is gone; a script then sees ordinary signal behaviour."""
+    child = os.fork()
+    if child == 0:
+        return
+    os.closerange(0, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    while True:
+        try:
+            pid, status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            os._exit(0)
+        if pid == child:
+            code = os.waitstatus_to_exitcode(status)
+            os._exit(128 - code if code < 0 else code)
+
+
 def start():
     result_fd = int(sys.argv[1])
     result_max = int(sys.argv[2])
@@ -260,6 +279,7 @@ def start():
             f.write("1000")  # the kernel's first choice when memory runs out
     except OSError:
         pass
+    become_init()
     result_fd = hide_result_fd(result_fd)
     write_all(result_fd, b"READY\n")
     pid = os.getpid()

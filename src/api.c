@@ -79,13 +79,13 @@ static int parse_timeout(const json_t *t, const struct api_limits *lim, double *
 	}
 	if (!json_is_number(t))
 		return err_set(e, 400, "invalid_request",
-			       "\"timeout\" must be a number of seconds, not %s.", json_kind(t));
+		               "\"timeout\" must be a number of seconds, not %s.", json_kind(t));
 	v = json_number_value(t);
 	if (!(v > 0) || v > lim->max_timeout)
 		return err_set(e, 400, "invalid_request",
-			       "\"timeout\" must be above 0 and at most %g seconds (the server's "
-			       "maximum), not %g.",
-			       lim->max_timeout, v);
+		               "\"timeout\" must be above 0 and at most %g seconds (the server's "
+		               "maximum), not %g.",
+		               lim->max_timeout, v);
 	*out = v;
 	return 0;
 }
@@ -98,24 +98,25 @@ static int parse_fields(json_t *root, const struct api_limits *lim, struct job *
 	json_object_foreach(root, key, val)
 	{
 		if (strcmp(key, "script") && strcmp(key, "timeout"))
-			return err_set(e, 400, "invalid_request",
-				       "Unknown field \"%.64s\"; the accepted fields are \"script\" "
-				       "and \"timeout\".",
-				       key);
+			return err_set(
+			    e, 400, "invalid_request",
+			    "Unknown field \"%.64s\"; the accepted fields are \"script\" "
+			    "and \"timeout\".",
+			    key);
 	}
 	script = json_object_get(root, "script");
 	if (!script)
 		return err_set(e, 400, "invalid_request",
-			       "The field \"script\" is required: Python source that defines "
-			       "main(), e.g. %s.",
-			       EXAMPLE);
+		               "The field \"script\" is required: Python source that defines "
+		               "main(), e.g. %s.",
+		               EXAMPLE);
 	if (!json_is_string(script))
 		return err_set(e, 400, "invalid_request",
-			       "\"script\" must be a string of Python source, not %s.",
-			       json_kind(script));
+		               "\"script\" must be a string of Python source, not %s.",
+		               json_kind(script));
 	if (json_string_length(script) == 0)
 		return err_set(e, 400, "invalid_request",
-			       "\"script\" is empty; send Python source that defines main().");
+		               "\"script\" is empty; send Python source that defines main().");
 	if (parse_timeout(json_object_get(root, "timeout"), lim, &job->timeout, e) < 0)
 		return -1;
 	job->script_len = json_string_length(script);
@@ -127,24 +128,24 @@ static int parse_fields(json_t *root, const struct api_limits *lim, struct job *
 }
 
 int api_request_parse(const char *body, size_t len, const struct api_limits *lim, struct job *job,
-		      struct err *e)
+                      struct err *e)
 {
 	json_error_t jerr;
 	json_t *root;
 	int rc;
 
 	memset(job, 0, sizeof(*job));
-	root = json_loadb(body, len, JSON_DECODE_ANY | JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL,
-			  &jerr);
+	root =
+	    json_loadb(body, len, JSON_DECODE_ANY | JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &jerr);
 	if (!root)
 		return err_set(e, 400, "invalid_json",
-			       "The request body is not valid UTF-8 JSON (%s, line %d column %d); "
-			       "send an object like %s.",
-			       jerr.text, jerr.line, jerr.column, EXAMPLE);
+		               "The request body is not valid UTF-8 JSON (%s, line %d column %d); "
+		               "send an object like %s.",
+		               jerr.text, jerr.line, jerr.column, EXAMPLE);
 	if (!json_is_object(root))
 		rc = err_set(e, 400, "invalid_request",
-			     "The request body must be a JSON object like %s, not %s.", EXAMPLE,
-			     json_kind(root));
+		             "The request body must be a JSON object like %s, not %s.", EXAMPLE,
+		             json_kind(root));
 	else
 		rc = parse_fields(root, lim, job, e);
 	json_decref(root);
@@ -205,7 +206,7 @@ static json_t *run_stdout(const struct run_result *run)
 }
 
 static int script_error(struct response *r, const struct run_result *run, const char *code,
-			const char *message, const char *traceback)
+                        const char *message, const char *traceback)
 {
 	json_t *o = error_object(code, message);
 
@@ -224,43 +225,43 @@ static int ok_response(struct response *r, const struct run_result *run, const s
 	json_decref(out);
 	if (!out_text)
 		return -1;
-	/* The result's bytes were validated by frame_parse and go out as the runner encoded them. */
+	/* The result's bytes were validated by frame_parse and go out as the runner encoded them.
+	 */
 	cap = f->result_len + strlen(out_text) + 32;
 	r->body = malloc(cap);
 	if (r->body)
 		r->len = (size_t)snprintf(r->body, cap, "{\"result\":%.*s,\"stdout\":%s}",
-					  (int)f->result_len, f->result, out_text);
+		                          (int)f->result_len, f->result, out_text);
 	free(out_text);
 	r->status = 200;
 	return r->body ? 0 : -1;
 }
 
 static int memory_error(struct response *r, const struct run_result *run,
-			const struct api_limits *lim)
+                        const struct api_limits *lim)
 {
 	char msg[256];
 
 	snprintf(msg, sizeof(msg),
-		 "The script ran out of memory (the limit is %lu MiB); use less memory, for "
-		 "example by processing the data in smaller pieces.",
-		 lim->memory_mb);
+	         "The script ran out of memory (the limit is %lu MiB); use less memory, for "
+	         "example by processing the data in smaller pieces.",
+	         lim->memory_mb);
 	return script_error(r, run, "memory_limit", msg, NULL);
 }
 
-static int too_large(struct response *r, const struct run_result *run,
-		     const struct api_limits *lim)
+static int too_large(struct response *r, const struct run_result *run, const struct api_limits *lim)
 {
 	char msg[256];
 
 	snprintf(msg, sizeof(msg),
-		 "main() returned a value whose JSON encoding is over the %zu-byte limit; return "
-		 "less data.",
-		 lim->result_max);
+	         "main() returned a value whose JSON encoding is over the %zu-byte limit; return "
+	         "less data.",
+	         lim->result_max);
 	return script_error(r, run, "result_too_large", msg, NULL);
 }
 
 static int frame_response(struct response *r, const struct run_result *run,
-			  const struct api_limits *lim)
+                          const struct api_limits *lim)
 {
 	struct frame f;
 	struct err e;
@@ -268,10 +269,10 @@ static int frame_response(struct response *r, const struct run_result *run,
 
 	if (frame_parse(run->chan.data, run->chan.len, &f, &e) < 0)
 		rc = script_error(r, run, "result_not_json",
-				  "The script wrote bytes the server cannot read as a result onto "
-				  "its result channel; return the value from main() instead of "
-				  "writing to inherited file descriptors.",
-				  NULL);
+		                  "The script wrote bytes the server cannot read as a result onto "
+		                  "its result channel; return the value from main() instead of "
+		                  "writing to inherited file descriptors.",
+		                  NULL);
 	else if (f.ok && f.result_len > lim->result_max)
 		rc = too_large(r, run, lim);
 	else if (f.ok)
@@ -285,7 +286,7 @@ static int frame_response(struct response *r, const struct run_result *run,
 }
 
 static int no_frame_response(struct response *r, const struct run_result *run,
-			     const struct job *job)
+                             const struct job *job)
 {
 	char msg[256];
 	int code = run->exit_code;
@@ -295,26 +296,26 @@ static int no_frame_response(struct response *r, const struct run_result *run,
 		const char *name = sigabbrev_np(sig);
 		if (sig == SIGXCPU) {
 			snprintf(msg, sizeof(msg),
-				 "The script used all the CPU time it had (about %g s); make it "
-				 "faster or send a larger \"timeout\".",
-				 job->timeout);
+			         "The script used all the CPU time it had (about %g s); make it "
+			         "faster or send a larger \"timeout\".",
+			         job->timeout);
 			return script_error(r, run, "timeout", msg, NULL);
 		}
 		snprintf(msg, sizeof(msg),
-			 "The script was killed by signal SIG%s before main() returned%s.",
-			 name ? name : "?",
-			 sig == SIGKILL ? " (it may have passed its memory or process limit)" : "");
+		         "The script was killed by signal SIG%s before main() returned%s.",
+		         name ? name : "?",
+		         sig == SIGKILL ? " (it may have passed its memory or process limit)" : "");
 		return script_error(r, run, "killed", msg, NULL);
 	}
 	snprintf(msg, sizeof(msg),
-		 "The script exited with status %d before main() returned; return a value from "
-		 "main() instead of exiting.",
-		 code);
+	         "The script exited with status %d before main() returned; return a value from "
+	         "main() instead of exiting.",
+	         code);
 	return script_error(r, run, "exception", msg, NULL);
 }
 
 int api_outcome_response(const struct run_result *run, const struct job *job,
-			 const struct api_limits *lim, struct response *r)
+                         const struct api_limits *lim, struct response *r)
 {
 	char msg[256];
 
@@ -322,13 +323,13 @@ int api_outcome_response(const struct run_result *run, const struct job *job,
 	r->stdout_truncated = run->out.truncated;
 	if (!run->ready)
 		return api_error_response(r, 500, "internal",
-					  "The sandbox could not start; this is a problem with the "
-					  "server, not your script (the server log has details).");
+		                          "The sandbox could not start; this is a problem with the "
+		                          "server, not your script (the server log has details).");
 	if (run->end == RUN_TIMEOUT) {
 		snprintf(msg, sizeof(msg),
-			 "The script did not finish within its %g s time limit; make it faster "
-			 "or send a larger \"timeout\" (at most %g s).",
-			 job->timeout, lim->max_timeout);
+		         "The script did not finish within its %g s time limit; make it faster "
+		         "or send a larger \"timeout\" (at most %g s).",
+		         job->timeout, lim->max_timeout);
 		return script_error(r, run, "timeout", msg, NULL);
 	}
 	if (run->chan.truncated)

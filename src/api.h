@@ -10,7 +10,7 @@
 #include "run.h"
 
 struct api_limits {
-	double timeout;	    /* default seconds */
+	double timeout;     /* default seconds */
 	double max_timeout; /* largest a request may ask for */
 	size_t result_max;
 	unsigned long memory_mb;
@@ -34,7 +34,7 @@ bool api_content_type_ok(const char *content_type);
 
 /* Validates a request body into job (released with api_job_free). */
 int api_request_parse(const char *body, size_t len, const struct api_limits *lim, struct job *job,
-		      struct err *e);
+                      struct err *e);
 void api_job_free(struct job *job);
 
 /* {"error": code, "message": message}. Returns -1 when out of memory. */
@@ -42,7 +42,7 @@ int api_error_response(struct response *r, int status, const char *code, const c
 
 /* Turns a finished run into the contract's answer. Returns -1 when out of memory. */
 int api_outcome_response(const struct run_result *run, const struct job *job,
-			 const struct api_limits *lim, struct response *r);
+                         const struct api_limits *lim, struct response *r);
 
 void api_response_free(struct response *r);
 

@@ -74,14 +74,15 @@ static int setting_apply(struct config *c, const struct setting *s, const char *
 		unsigned long n = strtoul(v, &end, 10);
 		if (errno || end == v || *end || v[0] == '-')
 			return err_set(e, 0, "config", "--%s (%s) must be a whole number, not '%s'",
-				       s->flag, s->env, v);
+			               s->flag, s->env, v);
 		*(unsigned long *)p = n;
 		return 0;
 	}
 	double d = strtod(v, &end);
 	if (errno || end == v || *end || !isfinite(d) || d <= 0)
-		return err_set(e, 0, "config", "--%s (%s) must be a positive number of seconds, not '%s'",
-			       s->flag, s->env, v);
+		return err_set(e, 0, "config",
+		               "--%s (%s) must be a positive number of seconds, not '%s'", s->flag,
+		               s->env, v);
 	*(double *)p = d;
 	return 0;
 }
@@ -151,22 +152,23 @@ static int config_defaults(struct config *c, struct err *e)
 		find_on_path(c->nsjail, sizeof(c->nsjail), "nsjail");
 	if (!c->runner[0])
 		default_path(c->runner, sizeof(c->runner), "runner/runner.py",
-			     "/usr/lib/pyexec/runner.py");
+		             "/usr/lib/pyexec/runner.py");
 	if (!c->jail_config[0])
 		default_path(c->jail_config, sizeof(c->jail_config), "config/nsjail.cfg",
-			     "/usr/lib/pyexec/nsjail.cfg");
+		             "/usr/lib/pyexec/nsjail.cfg");
 	if (!c->seccomp[0])
 		default_path(c->seccomp, sizeof(c->seccomp), "config/seccomp.kafel",
-			     "/usr/lib/pyexec/seccomp.kafel");
+		             "/usr/lib/pyexec/seccomp.kafel");
 	if (c->timeout > c->max_timeout)
-		return err_set(e, 0, "config", "PYEXEC_TIMEOUT (%g) is above PYEXEC_MAX_TIMEOUT (%g)",
-			       c->timeout, c->max_timeout);
+		return err_set(e, 0, "config",
+		               "PYEXEC_TIMEOUT (%g) is above PYEXEC_MAX_TIMEOUT (%g)", c->timeout,
+		               c->max_timeout);
 	if (c->port == 0 || c->port > 65535)
 		return err_set(e, 0, "config", "PORT must be 1-65535, not %lu", c->port);
 	if (c->memory_mb < 64 || c->max_procs < 1 || c->tmp_mb < 1 || c->max_files < 16)
 		return err_set(e, 0, "config",
-			       "limits too small: memory-mb >= 64, max-procs >= 1, tmp-mb >= 1 and "
-			       "max-files >= 16 are needed for Python to start");
+		               "limits too small: memory-mb >= 64, max-procs >= 1, tmp-mb >= 1 and "
+		               "max-files >= 16 are needed for Python to start");
 	if (c->stdout_max < 1 || c->result_max < 16 || c->body_max < 16)
 		return err_set(e, 0, "config", "stdout-max >= 1, result-max and body-max >= 16");
 	return 0;

@@ -4,7 +4,7 @@
 #define PYEXEC_ERR_H
 
 struct err {
-	int status;	  /* HTTP status the caller should answer with */
+	int status;       /* HTTP status the caller should answer with */
 	const char *code; /* contract error code, a static string */
 	char message[512];
 };

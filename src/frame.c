@@ -8,7 +8,7 @@
 
 /* The only codes a runner may report; anything else is a forgery or a bug. */
 static const char *const script_codes[] = {
-    "syntax_error", "no_main",		"main_not_callable", "exception",
+    "syntax_error",    "no_main",          "main_not_callable", "exception",
     "result_not_json", "result_too_large", "memory_limit",
 };
 
@@ -33,9 +33,10 @@ static int frame_parse_ok(const char *rest, size_t n, struct frame *f, struct er
 	if (json_object_size(f->header) != 1)
 		return bad(e, "success header has extra fields");
 	/* Integers as reals so big integers validate; the bytes themselves are passed on. */
-	v = json_loadb(rest, n, JSON_DECODE_ANY | JSON_DECODE_INT_AS_REAL | JSON_REJECT_DUPLICATES |
-			   JSON_ALLOW_NUL,
-		       &jerr);
+	v = json_loadb(rest, n,
+	               JSON_DECODE_ANY | JSON_DECODE_INT_AS_REAL | JSON_REJECT_DUPLICATES |
+	                   JSON_ALLOW_NUL,
+	               &jerr);
 	if (!v)
 		return bad(e, "result is not valid JSON");
 	if (json_is_null(v)) {

@@ -50,7 +50,7 @@ static void request_id(struct MHD_Connection *conn, char id[65])
 
 	if (v && *v && strlen(v) <= 64 &&
 	    strspn(v, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.") ==
-		strlen(v)) {
+	        strlen(v)) {
 		strcpy(id, v);
 		return;
 	}
@@ -61,7 +61,7 @@ static void request_id(struct MHD_Connection *conn, char id[65])
 }
 
 static void log_request(struct MHD_Connection *conn, const char *method, const char *url,
-			const struct request *rq, const struct response *r, const char *outcome)
+                        const struct request *rq, const struct response *r, const char *outcome)
 {
 	const char *ua = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "User-Agent");
 	double ms = ms_since(&rq->t0);
@@ -69,16 +69,17 @@ static void log_request(struct MHD_Connection *conn, const char *method, const c
 	char latency[32];
 
 	snprintf(latency, sizeof(latency), "%.3fs", ms / 1e3);
-	extra = json_pack("{s:{s:s,s:s,s:i,s:s,s:s?},s:s,s:s,s:f}", "httpRequest", "requestMethod",
-			  method, "requestUrl", url, "status", r->status, "latency", latency,
-			  "userAgent", ua, "requestId", rq->id, "outcome", outcome, "durationMs", ms);
+	extra =
+	    json_pack("{s:{s:s,s:s,s:i,s:s,s:s?},s:s,s:s,s:f}", "httpRequest", "requestMethod",
+	              method, "requestUrl", url, "status", r->status, "latency", latency,
+	              "userAgent", ua, "requestId", rq->id, "outcome", outcome, "durationMs", ms);
 	log_json(r->status >= 500 ? "ERROR" : "INFO", extra, "%s %s %d", method, url, r->status);
 }
 
 /* Sends r (taking its body) with the contract's headers. */
 static enum MHD_Result respond(struct MHD_Connection *conn, const char *method, const char *url,
-			       struct request *rq, struct response *r, const char *allow,
-			       long exec_ms)
+                               struct request *rq, struct response *r, const char *allow,
+                               long exec_ms)
 {
 	struct MHD_Response *mr;
 	enum MHD_Result ret;
@@ -110,8 +111,8 @@ static enum MHD_Result respond(struct MHD_Connection *conn, const char *method, 
 }
 
 static enum MHD_Result respond_error(struct MHD_Connection *conn, const char *method,
-				     const char *url, struct request *rq, int status,
-				     const char *code, const char *message, const char *allow)
+                                     const char *url, struct request *rq, int status,
+                                     const char *code, const char *message, const char *allow)
 {
 	struct response r;
 
@@ -121,8 +122,7 @@ static enum MHD_Result respond_error(struct MHD_Connection *conn, const char *me
 }
 
 /* Runs one job in a fresh jail; fills r. Returns the run's execution time or -1. */
-static long execute_job(struct http *h, const struct job *job, struct response *r,
-			const char *rid)
+static long execute_job(struct http *h, const struct job *job, struct response *r, const char *rid)
 {
 	const struct config *c = h->cfg;
 	struct run_spec spec = {
@@ -140,15 +140,17 @@ static long execute_job(struct http *h, const struct job *job, struct response *
 
 	if (run_script(&spec, &run, &e) < 0) {
 		log_error("request %s: %s", rid, e.message);
-		api_error_response(r, 500, "internal",
-				   "The sandbox could not start; this is a problem with the server, "
-				   "not your script (the server log has details).");
+		api_error_response(
+		    r, 500, "internal",
+		    "The sandbox could not start; this is a problem with the server, "
+		    "not your script (the server log has details).");
 		return -1;
 	}
 	if (!run.ready)
-		log_json("ERROR", json_pack("{s:s,s:i,s:s}", "requestId", rid, "exitCode",
-					    run.exit_code, "nsjail", run.diag),
-			 "jail did not start");
+		log_json("ERROR",
+		         json_pack("{s:s,s:i,s:s}", "requestId", rid, "exitCode", run.exit_code,
+		                   "nsjail", run.diag),
+		         "jail did not start");
 	ms = run.ready ? run.exec_ms : -1;
 	if (api_outcome_response(&run, job, &h->lim, r) < 0)
 		api_error_response(r, 500, "internal", "The server is out of memory; try again.");
@@ -157,7 +159,7 @@ static long execute_job(struct http *h, const struct job *job, struct response *
 }
 
 static enum MHD_Result execute(struct http *h, struct MHD_Connection *conn, const char *url,
-			       struct request *rq)
+                               struct request *rq)
 {
 	struct response r;
 	struct job job;
@@ -166,11 +168,11 @@ static enum MHD_Result execute(struct http *h, struct MHD_Connection *conn, cons
 
 	if (!h->jail)
 		return respond_error(conn, "POST", url, rq, 500, "internal",
-				     "The sandbox is not available on this server (nsjail or its "
-				     "files are missing); the operator must fix the installation.",
-				     NULL);
-	if (api_request_parse(rq->body.data ? rq->body.data : "", rq->body.len, &h->lim, &job,
-			      &e) < 0) {
+		                     "The sandbox is not available on this server (nsjail or its "
+		                     "files are missing); the operator must fix the installation.",
+		                     NULL);
+	if (api_request_parse(rq->body.data ? rq->body.data : "", rq->body.len, &h->lim, &job, &e) <
+	    0) {
 		if (api_error_response(&r, e.status, e.code, e.message) < 0)
 			return MHD_NO;
 	} else {
@@ -188,7 +190,7 @@ static bool healthy(const struct http *h)
 }
 
 static enum MHD_Result healthz(struct http *h, struct MHD_Connection *conn, const char *method,
-			       const char *url, struct request *rq)
+                               const char *url, struct request *rq)
 {
 	struct response r = {.status = 200};
 	json_t *o = json_object();
@@ -197,9 +199,9 @@ static enum MHD_Result healthz(struct http *h, struct MHD_Connection *conn, cons
 		r.status = 503;
 		json_object_set_new(o, "status", json_string("unavailable"));
 		json_object_set_new(o, "message",
-				    json_string(h->jail ? "the sandbox self-check failed or nsjail "
-							  "is no longer executable"
-							: h->jail_problem));
+		                    json_string(h->jail ? "the sandbox self-check failed or nsjail "
+		                                          "is no longer executable"
+		                                        : h->jail_problem));
 	} else {
 		json_object_set_new(o, "status", json_string("ok"));
 	}
@@ -213,45 +215,46 @@ static enum MHD_Result healthz(struct http *h, struct MHD_Connection *conn, cons
 
 /* First call for a request: decide from the headers alone whether to read its body. */
 static enum MHD_Result route(struct http *h, struct MHD_Connection *conn, const char *url,
-			     const char *method, struct request *rq)
+                             const char *method, struct request *rq)
 {
 	const char *ct, *cl;
 
 	if (strcmp(url, "/healthz") == 0) {
 		if (strcmp(method, "GET") && strcmp(method, "HEAD"))
 			return respond_error(conn, method, url, rq, 405, "method_not_allowed",
-					     "Use GET for /healthz.", "GET, HEAD");
+			                     "Use GET for /healthz.", "GET, HEAD");
 		return healthz(h, conn, method, url, rq);
 	}
 	if (strcmp(url, "/execute") != 0)
 		return respond_error(conn, method, url, rq, 404, "not_found",
-				     "There is nothing here; POST your script to /execute.", NULL);
+		                     "There is nothing here; POST your script to /execute.", NULL);
 	if (strcmp(method, "POST") != 0)
 		return respond_error(conn, method, url, rq, 405, "method_not_allowed",
-				     "Use POST for /execute.", "POST");
+		                     "Use POST for /execute.", "POST");
 	ct = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Type");
 	if (!api_content_type_ok(ct))
 		return respond_error(conn, method, url, rq, 415, "unsupported_media_type",
-				     "Send the body as JSON with the header Content-Type: "
-				     "application/json.",
-				     NULL);
+		                     "Send the body as JSON with the header Content-Type: "
+		                     "application/json.",
+		                     NULL);
 	cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
 	if (cl && strtoull(cl, NULL, 10) > h->cfg->body_max)
 		goto too_large;
 	rq->started = true;
 	return MHD_YES;
-too_large: {
+too_large : {
 	char msg[160];
-	snprintf(msg, sizeof(msg), "The request body is over the %lu-byte limit; send a smaller "
-				   "script.",
-		 h->cfg->body_max);
+	snprintf(msg, sizeof(msg),
+	         "The request body is over the %lu-byte limit; send a smaller "
+	         "script.",
+	         h->cfg->body_max);
 	return respond_error(conn, method, url, rq, 413, "payload_too_large", msg, NULL);
 }
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
-				  const char *method, const char *version, const char *data,
-				  size_t *data_size, void **state)
+                                  const char *method, const char *version, const char *data,
+                                  size_t *data_size, void **state)
 {
 	struct http *h = cls;
 	struct request *rq = *state;
@@ -276,15 +279,15 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 	if (rq->body.truncated || rq->body.len > h->cfg->body_max) {
 		char msg[160];
 		snprintf(msg, sizeof(msg),
-			 "The request body is over the %lu-byte limit; send a smaller script.",
-			 h->cfg->body_max);
+		         "The request body is over the %lu-byte limit; send a smaller script.",
+		         h->cfg->body_max);
 		return respond_error(conn, method, url, rq, 413, "payload_too_large", msg, NULL);
 	}
 	return execute(h, conn, url, rq);
 }
 
 static void on_completed(void *cls, struct MHD_Connection *conn, void **state,
-			 enum MHD_RequestTerminationCode toe)
+                         enum MHD_RequestTerminationCode toe)
 {
 	struct request *rq = *state;
 
@@ -299,7 +302,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **state,
 /* Runs a trivial script end to end so a broken sandbox shows at start-up, not on a request. */
 static void self_check(struct http *h)
 {
-	struct job job = {.script = (char *)PROBE_SCRIPT, .script_len = strlen(PROBE_SCRIPT), .timeout = 5};
+	struct job job = {
+	    .script = (char *)PROBE_SCRIPT, .script_len = strlen(PROBE_SCRIPT), .timeout = 5};
 	struct response r = {0};
 	struct timespec t0;
 
@@ -307,8 +311,8 @@ static void self_check(struct http *h)
 	execute_job(h, &job, &r, "self-check");
 	h->probe_ok = r.status == 200;
 	log_json(h->probe_ok ? "INFO" : "ERROR",
-		 json_pack("{s:b,s:f}", "ok", h->probe_ok, "durationMs", ms_since(&t0)),
-		 "sandbox self-check %s", h->probe_ok ? "passed" : "failed");
+	         json_pack("{s:b,s:f}", "ok", h->probe_ok, "durationMs", ms_since(&t0)),
+	         "sandbox self-check %s", h->probe_ok ? "passed" : "failed");
 	api_response_free(&r);
 }
 
@@ -349,13 +353,13 @@ struct http *http_start(const struct config *c, struct err *e)
 	    (size_t)(64 * 1024), MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL, MHD_OPTION_END);
 	if (!h->daemon) {
 		err_set(e, 0, "config", "cannot listen on %s:%lu (in use, or not permitted)",
-			c->host, c->port);
+		        c->host, c->port);
 		jail_free(h->jail);
 		free(h);
 		return NULL;
 	}
 	log_json("INFO", json_pack("{s:s,s:i}", "host", c->host, "port", (int)c->port),
-		 "listening on %s:%lu", c->host, c->port);
+	         "listening on %s:%lu", c->host, c->port);
 	return h;
 }
 

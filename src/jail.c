@@ -35,12 +35,12 @@ static int jail_add(struct jail *j, const char *fmt, ...)
 }
 
 static int need_file(const char *path, int mode, const char *what, const char *setting,
-		     struct err *e)
+                     struct err *e)
 {
 	if (path[0] && access(path, mode) == 0)
 		return 0;
 	return err_set(e, 500, "internal", "%s not found at '%s'; install it or set %s", what,
-		       path[0] ? path : "(nothing on PATH)", setting);
+	               path[0] ? path : "(nothing on PATH)", setting);
 }
 
 /* The interpreter's standard library lives at <prefix>/lib/<name of the real binary>. */
@@ -99,7 +99,7 @@ struct jail *jail_new(const struct config *c, struct err *e)
 	/* Bind the real binary so the interpreter finds its prefix from its own path. */
 	if (!realpath(c->python, py) || stdlib_dir(py, lib, sizeof(lib)) < 0) {
 		err_set(e, 500, "internal", "no standard library found for '%s' (PYEXEC_PYTHON)",
-			c->python);
+		        c->python);
 		return NULL;
 	}
 	j = calloc(1, sizeof(*j));

@@ -61,7 +61,7 @@ static void hand_over(struct io *io, const struct run_spec *s)
 /* Result-channel bytes: the runner's ready line first (written before any user code runs, so
  * it can be trusted), then the frame, which is kept under its cap for api to judge. */
 static int on_chan(struct io *io, struct run_result *r, const struct run_spec *s, const char *p,
-		   size_t n)
+                   size_t n)
 {
 	const size_t want = strlen(READY_LINE);
 

@@ -10,8 +10,8 @@
 #include "err.h"
 
 enum run_end {
-	RUN_EXITED,	  /* the jail exited by itself */
-	RUN_TIMEOUT,	  /* the server killed it at the deadline */
+	RUN_EXITED,       /* the jail exited by itself */
+	RUN_TIMEOUT,      /* the server killed it at the deadline */
 	RUN_START_FAILED, /* it never became ready (could not start, or too slow) */
 };
 
@@ -19,7 +19,7 @@ struct run_spec {
 	char *const *argv; /* nsjail command line */
 	const char *script;
 	size_t script_len;
-	double timeout;	      /* seconds, counted from the hand-over */
+	double timeout;       /* seconds, counted from the hand-over */
 	double start_timeout; /* seconds to become ready */
 	size_t stdout_max;
 	size_t chan_max; /* bytes of result channel kept after the ready line */
@@ -31,8 +31,8 @@ struct run_result {
 	int exit_code; /* nsjail's: the script's code, or 128 + signal */
 	struct buf out;
 	struct buf chan; /* result channel after the ready line */
-	long exec_ms;	 /* from hand-over to end */
-	char diag[512];	 /* tail of nsjail's own messages, for the server log only */
+	long exec_ms;    /* from hand-over to end */
+	char diag[512];  /* tail of nsjail's own messages, for the server log only */
 };
 
 /* Runs the spec. Returns -1 only when the server itself could not set the run up (e->message

@@ -25,8 +25,8 @@ pid_t spawn_process(char *const argv[], const int fds[4], struct err *e)
 	rc = rc ? rc : posix_spawnattr_setsigmask(&attr, &none);
 	rc = rc ? rc : posix_spawnattr_setsigdefault(&attr, &all);
 	rc = rc ? rc
-		: posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSID | POSIX_SPAWN_SETSIGMASK |
-							  POSIX_SPAWN_SETSIGDEF);
+	        : posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSID | POSIX_SPAWN_SETSIGMASK |
+	                                              POSIX_SPAWN_SETSIGDEF);
 	rc = rc ? rc : posix_spawn(&pid, argv[0], &fa, &attr, argv, empty_env);
 	posix_spawn_file_actions_destroy(&fa);
 	posix_spawnattr_destroy(&attr);

@@ -1,0 +1,380 @@
+/* Unit tests for the pure modules: api (request parsing, responses), frame, text, buf, config. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "api.h"
+#include "buf.h"
+#include "config.h"
+#include "frame.h"
+#include "text.h"
+
+static const struct api_limits lim = {
+    .timeout = 10, .max_timeout = 60, .result_max = 100, .memory_mb = 512};
+
+static int parse(const char *body, struct job *job, struct err *e)
+{
+	return api_request_parse(body, strlen(body), &lim, job, e);
+}
+
+static void expect_reject(const char *body, int status, const char *code, const char *in_message)
+{
+	struct job job;
+	struct err e;
+
+	assert_int_equal(parse(body, &job, &e), -1);
+	assert_int_equal(e.status, status);
+	assert_string_equal(e.code, code);
+	if (in_message)
+		assert_non_null(strstr(e.message, in_message));
+	assert_null(job.script);
+}
+
+static void request_valid(void **state)
+{
+	struct job job;
+	struct err e;
+
+	(void)state;
+	assert_int_equal(parse("{\"script\": \"def main(): return 1\"}", &job, &e), 0);
+	assert_string_equal(job.script, "def main(): return 1");
+	assert_true(job.timeout == 10);
+	api_job_free(&job);
+	assert_int_equal(parse("{\"script\": \"x\", \"timeout\": 2.5}", &job, &e), 0);
+	assert_true(job.timeout == 2.5);
+	api_job_free(&job);
+	assert_int_equal(parse("{\"script\": \"a\\u0000b\", \"timeout\": 60}", &job, &e), 0);
+	assert_int_equal(job.script_len, 3);
+	assert_memory_equal(job.script, "a\0b", 3);
+	api_job_free(&job);
+}
+
+static void request_invalid_json(void **state)
+{
+	(void)state;
+	expect_reject("", 400, "invalid_json", NULL);
+	expect_reject("{\"script\": ", 400, "invalid_json", NULL);
+	expect_reject("{\"script\": \"\xff\"}", 400, "invalid_json", NULL);
+	expect_reject("{\"script\": \"a\", \"script\": \"b\"}", 400, "invalid_json", NULL);
+	expect_reject("{\"script\": \"a\"} trailing", 400, "invalid_json", NULL);
+}
+
+static void request_invalid_fields(void **state)
+{
+	(void)state;
+	expect_reject("[]", 400, "invalid_request", "object");
+	expect_reject("\"def main(): pass\"", 400, "invalid_request", "object");
+	expect_reject("{}", 400, "invalid_request", "\"script\" is required");
+	expect_reject("{\"script\": 3}", 400, "invalid_request", "not a number");
+	expect_reject("{\"script\": \"\"}", 400, "invalid_request", "empty");
+	expect_reject("{\"scirpt\": \"x\"}", 400, "invalid_request", "scirpt");
+	expect_reject("{\"script\": \"x\", \"timeout\": 0}", 400, "invalid_request", "timeout");
+	expect_reject("{\"script\": \"x\", \"timeout\": -1}", 400, "invalid_request", "timeout");
+	expect_reject("{\"script\": \"x\", \"timeout\": 61}", 400, "invalid_request", "at most 60");
+	expect_reject("{\"script\": \"x\", \"timeout\": \"5\"}", 400, "invalid_request", "string");
+	expect_reject("{\"script\": \"x\", \"timeout\": true}", 400, "invalid_request", "boolean");
+	expect_reject("{\"script\": \"x\", \"timeout\": null}", 400, "invalid_request", "null");
+}
+
+static void content_type(void **state)
+{
+	(void)state;
+	assert_true(api_content_type_ok("application/json"));
+	assert_true(api_content_type_ok("Application/JSON; charset=utf-8"));
+	assert_true(api_content_type_ok("application/json;charset=\"UTF-8\""));
+	assert_false(api_content_type_ok(NULL));
+	assert_false(api_content_type_ok("text/plain"));
+	assert_false(api_content_type_ok("application/jsonx"));
+	assert_false(api_content_type_ok("application/json; charset=latin-1"));
+	assert_false(api_content_type_ok("application/x-www-form-urlencoded"));
+}
+
+/* A run_result as the jail would leave it. */
+static void fake_run(struct run_result *r, const char *chan, const char *out, bool out_cut)
+{
+	memset(r, 0, sizeof(*r));
+	r->ready = true;
+	buf_init(&r->chan, 1 << 20);
+	buf_init(&r->out, 1 << 20);
+	buf_append(&r->chan, chan, strlen(chan));
+	buf_append(&r->out, out, strlen(out));
+	r->out.truncated = out_cut;
+}
+
+static char *respond(const char *chan, const char *out, int *status)
+{
+	struct job job = {.timeout = 3};
+	struct run_result run;
+	struct response r;
+	char *body;
+
+	fake_run(&run, chan, out, false);
+	assert_int_equal(api_outcome_response(&run, &job, &lim, &r), 0);
+	run_result_free(&run);
+	*status = r.status;
+	body = r.body;
+	return body;
+}
+
+static void outcome_ok_exact(void **state)
+{
+	int status;
+	char *body = respond("{\"status\":\"ok\"}\n{\"answer\":42}", "hi\n", &status);
+
+	(void)state;
+	assert_int_equal(status, 200);
+	assert_string_equal(body, "{\"result\":{\"answer\":42},\"stdout\":\"hi\\n\"}");
+	free(body);
+	/* Floats pass through as Python wrote them, not re-rounded. */
+	body =
+	    respond("{\"status\":\"ok\"}\n[0.1,1e400,123456789012345678901234567890]", "", &status);
+	assert_int_equal(status, 422); /* 1e400 overflows: not a number JSON peers can read */
+	free(body);
+	body = respond("{\"status\":\"ok\"}\n[0.1,123456789012345678901234567890]", "", &status);
+	assert_int_equal(status, 200);
+	assert_string_equal(body,
+	                    "{\"result\":[0.1,123456789012345678901234567890],\"stdout\":\"\"}");
+	free(body);
+}
+
+static void outcome_stdout_hostile(void **state)
+{
+	int status;
+	char *body = respond("{\"status\":\"ok\"}\n1",
+	                     "a\xff\x00"
+	                     "b",
+	                     &status);
+
+	(void)state;
+	/* strlen stops at the NUL: build the buffer by hand for the NUL case below. */
+	assert_int_equal(status, 200);
+	assert_string_equal(body, "{\"result\":1,\"stdout\":\"a\xef\xbf\xbd\"}");
+	free(body);
+	{
+		struct job job = {.timeout = 3};
+		struct run_result run;
+		struct response r;
+		fake_run(&run, "{\"status\":\"ok\"}\n1", "", false);
+		buf_append(&run.out, "a\0b\xc3", 4);
+		run.out.truncated = true;
+		assert_int_equal(api_outcome_response(&run, &job, &lim, &r), 0);
+		assert_string_equal(r.body, "{\"result\":1,\"stdout\":\"a\\u0000b\"}");
+		assert_true(r.stdout_truncated);
+		api_response_free(&r);
+		run_result_free(&run);
+	}
+}
+
+static void outcome_script_errors(void **state)
+{
+	int status;
+	char *body;
+
+	(void)state;
+	body = respond("{\"status\":\"error\",\"error\":\"exception\",\"message\":\"m\","
+	               "\"traceback\":\"t\"}\n",
+	               "x", &status);
+	assert_int_equal(status, 422);
+	assert_string_equal(body, "{\"error\":\"exception\",\"message\":\"m\",\"stdout\":\"x\","
+	                          "\"traceback\":\"t\"}");
+	free(body);
+	/* The runner cannot choose a code outside the allowlist, nor add fields. */
+	const char *forged[] = {
+	    "{\"status\":\"error\",\"error\":\"internal\",\"message\":\"m\"}\n",
+	    "{\"status\":\"error\",\"error\":\"exception\",\"message\":\"m\",\"x\":1}\n",
+	    "{\"status\":\"ok\",\"x\":1}\n1",
+	    "{\"status\":\"ok\"}\n1 2",
+	    "{\"status\":\"ok\"}\nnull",
+	    "{\"status\":\"ok\"}\n",
+	    "{\"status\":\"ok\"}",
+	    "garbage",
+	    "{\"status\":\"ok\"}\n\"\xff\"",
+	};
+	for (size_t i = 0; i < sizeof(forged) / sizeof(forged[0]); i++) {
+		body = respond(forged[i], "", &status);
+		assert_int_equal(status, 422);
+		assert_non_null(strstr(body, "\"error\":\"result_not_json\""));
+		free(body);
+	}
+}
+
+static void outcome_limits(void **state)
+{
+	struct job job = {.timeout = 3};
+	struct run_result run;
+	struct response r;
+	char big[200];
+
+	(void)state;
+	fake_run(&run, "", "partial", false);
+	run.end = RUN_TIMEOUT;
+	assert_int_equal(api_outcome_response(&run, &job, &lim, &r), 0);
+	assert_int_equal(r.status, 422);
+	assert_non_null(strstr(r.body, "\"error\":\"timeout\""));
+	assert_non_null(strstr(r.body, "\"stdout\":\"partial\""));
+	api_response_free(&r);
+	run_result_free(&run);
+
+	fake_run(&run, "", "", false);
+	run.exit_code = 128 + 9;
+	assert_int_equal(api_outcome_response(&run, &job, &lim, &r), 0);
+	assert_non_null(strstr(r.body, "\"error\":\"killed\""));
+	assert_non_null(strstr(r.body, "SIGKILL"));
+	api_response_free(&r);
+	run_result_free(&run);
+
+	fake_run(&run, "", "", false);
+	run.exit_code = 3;
+	assert_int_equal(api_outcome_response(&run, &job, &lim, &r), 0);
+	assert_non_null(strstr(r.body, "\"error\":\"exception\""));
+	assert_non_null(strstr(r.body, "status 3"));
+	api_response_free(&r);
+	run_result_free(&run);
+
+	/* The server's own cap holds even when a forged frame claims success. */
+	memset(big, '1', sizeof(big) - 1);
+	big[sizeof(big) - 1] = '\0';
+	fake_run(&run, "{\"status\":\"ok\"}\n", "", false);
+	buf_append(&run.chan, big, strlen(big));
+	assert_int_equal(api_outcome_response(&run, &job, &lim, &r), 0);
+	assert_non_null(strstr(r.body, "\"error\":\"result_too_large\""));
+	api_response_free(&r);
+	run_result_free(&run);
+
+	fake_run(&run, "{\"status\":\"error\",\"error\":\"memory_limit\",\"message\":\"x\"}\n", "",
+	         false);
+	assert_int_equal(api_outcome_response(&run, &job, &lim, &r), 0);
+	assert_non_null(strstr(r.body, "512 MiB"));
+	api_response_free(&r);
+	run_result_free(&run);
+
+	fake_run(&run, "", "", false);
+	run.ready = false;
+	assert_int_equal(api_outcome_response(&run, &job, &lim, &r), 0);
+	assert_int_equal(r.status, 500);
+	assert_non_null(strstr(r.body, "\"error\":\"internal\""));
+	api_response_free(&r);
+	run_result_free(&run);
+}
+
+static void error_message_cut_utf8(void **state)
+{
+	struct response r;
+	char msg[8] = "ab\xc3"; /* a message cut inside a character */
+
+	(void)state;
+	assert_int_equal(api_error_response(&r, 400, "invalid_request", msg), 0);
+	assert_string_equal(r.body, "{\"error\":\"invalid_request\",\"message\":\"ab\"}");
+	api_response_free(&r);
+}
+
+static void text_clean(void **state)
+{
+	size_t n;
+	char *s;
+
+	(void)state;
+	s = text_utf8_clean("h\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80", 10, false, &n);
+	assert_int_equal(n, 10);
+	free(s);
+	/* overlong, surrogate, past U+10FFFF, stray continuation: each one replacement */
+	s = text_utf8_clean("\xc0\xaf|\xed\xa0\x80|\xf4\x90\x80\x80|\x80", 13, false, &n);
+	assert_non_null(strstr(s, "\xef\xbf\xbd|"));
+	assert_null(strstr(s, "\xed\xa0"));
+	assert_null(strstr(s, "\xf4\x90"));
+	free(s);
+	s = text_utf8_clean("ab\xe2\x82", 4, true, &n);
+	assert_int_equal(n, 2);
+	free(s);
+	s = text_utf8_clean("ab\xe2\x82", 4, false, &n);
+	assert_string_equal(s, "ab\xef\xbf\xbd\xef\xbf\xbd");
+	free(s);
+}
+
+static void buf_caps(void **state)
+{
+	struct buf b;
+
+	(void)state;
+	buf_init(&b, 5);
+	assert_int_equal(buf_append(&b, "abc", 3), 0);
+	assert_false(b.truncated);
+	assert_int_equal(buf_append(&b, "defg", 4), 0);
+	assert_true(b.truncated);
+	assert_int_equal(b.len, 5);
+	assert_string_equal(b.data, "abcde");
+	buf_free(&b);
+}
+
+static void frame_header_needs_newline(void **state)
+{
+	struct frame f;
+	struct err e;
+	const char *deep_prefix = "{\"status\":\"ok\"}\n";
+	size_t depth = 5000, n = strlen(deep_prefix) + 2 * depth;
+	char *deep = malloc(n + 1);
+
+	(void)state;
+	assert_int_equal(frame_parse("{\"status\":\"ok\"}", 15, &f, &e), -1);
+	frame_free(&f);
+	/* Nesting deeper than the parser's limit is refused, not recursed into. */
+	strcpy(deep, deep_prefix);
+	memset(deep + strlen(deep_prefix), '[', depth);
+	memset(deep + strlen(deep_prefix) + depth, ']', depth);
+	deep[n] = '\0';
+	assert_int_equal(frame_parse(deep, n, &f, &e), -1);
+	frame_free(&f);
+	free(deep);
+}
+
+static void config_env_and_flags(void **state)
+{
+	struct config c;
+	struct err e;
+	char *argv[] = {"pyexecd", "--port", "9000", "--memory-mb", "256", NULL};
+	char *bad[] = {"pyexecd", "--timeout", "abc", NULL};
+	char *unknown[] = {"pyexecd", "--nope", "1", NULL};
+
+	(void)state;
+	setenv("PYEXEC_MAX_TIMEOUT", "30", 1);
+	setenv("PORT", "7000", 1);
+	assert_int_equal(config_load(&c, 5, argv, &e), 0);
+	assert_int_equal(c.port, 9000); /* the flag wins over PORT */
+	assert_int_equal(c.memory_mb, 256);
+	assert_true(c.max_timeout == 30);
+	assert_true(c.timeout == 10);
+	assert_int_equal(config_load(&c, 3, bad, &e), -1);
+	assert_non_null(strstr(e.message, "--timeout"));
+	assert_int_equal(config_load(&c, 3, unknown, &e), -1);
+	setenv("PYEXEC_TIMEOUT", "40", 1);
+	assert_int_equal(config_load(&c, 1, argv, &e), -1);
+	assert_non_null(strstr(e.message, "PYEXEC_MAX_TIMEOUT"));
+	unsetenv("PYEXEC_TIMEOUT");
+	unsetenv("PYEXEC_MAX_TIMEOUT");
+	unsetenv("PORT");
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(request_valid),
+	    cmocka_unit_test(request_invalid_json),
+	    cmocka_unit_test(request_invalid_fields),
+	    cmocka_unit_test(content_type),
+	    cmocka_unit_test(outcome_ok_exact),
+	    cmocka_unit_test(outcome_stdout_hostile),
+	    cmocka_unit_test(outcome_script_errors),
+	    cmocka_unit_test(outcome_limits),
+	    cmocka_unit_test(error_message_cut_utf8),
+	    cmocka_unit_test(text_clean),
+	    cmocka_unit_test(buf_caps),
+	    cmocka_unit_test(frame_header_needs_newline),
+	    cmocka_unit_test(config_env_and_flags),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
