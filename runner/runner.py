@@ -1,10 +1,11 @@
 """pyexec runner: the only Python we write. It runs inside the jail, as nobody.
 
-    python3 -I -u runner.py RESULT_FD RESULT_MAX
+    python3 -I -u runner.py RESULT_FD RESULT_MAX PRELOAD
 
 Protocol with pyexecd (see docs/security.md):
-1. Writes "READY\\n" on RESULT_FD once the interpreter is up, then reads the script from stdin
-   until EOF.
+1. Imports the PRELOAD modules (comma-separated, may be empty), writes "READY\\n" on
+   RESULT_FD, then waits for the script on stdin until EOF. A jail may wait there, ready, for
+   a while before the server hands it a script.
 2. Runs the script as a module named "__script__" (never "__main__"), then calls main().
 3. Writes one frame on RESULT_FD: a header line, {"status": "ok"} followed by the result's JSON,
    or {"status": "error", "error": CODE, "message": TEXT, "traceback": TEXT}.
@@ -20,6 +21,13 @@ import resource
 import sys
 import traceback
 import types
+
+# The runner's own tools, taken before any user code runs: a script may patch the modules.
+_write = os.write
+_exit = os._exit
+_JSONEncoder = json.JSONEncoder
+_JSON_ESCAPES = {i: f"\\u{i:04x}" for i in range(0x20)}
+_JSON_ESCAPES.update({ord('"'): '\\"', ord("\\"): "\\\\", 0x7F: "\\u007f"})
 
 FILENAME = "<script>"
 MODULE_NAME = "__script__"
@@ -51,7 +59,7 @@ def hide_result_fd(fd):
 def write_all(fd, data):
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[_write(fd, view):]
 
 
 def read_script():
@@ -138,12 +146,14 @@ def find_main(module):
         raise ScriptError("main_not_callable", f"main is a {type(main).__name__}, not a "
                           "function; define `def main():` that returns the result.")
     try:
-        inspect.signature(main).bind()
+        signature = inspect.signature(main)
+    except Exception:
+        return main  # nothing to inspect (some builtins, odd objects): calling it will tell
+    try:
+        signature.bind()
     except TypeError:
-        raise ScriptError("main_not_callable", f"main{inspect.signature(main)} needs "
-                          "arguments, but it is called with none; define `def main():`.")
-    except ValueError:
-        pass  # no signature to inspect (some builtins): calling it will tell
+        raise ScriptError("main_not_callable", f"main{signature} needs arguments, but it is "
+                          "called with none; define `def main():`.")
     return main
 
 
@@ -188,9 +198,9 @@ def encode_result(value, result_max):
         raise TypeError(type_name(obj))
 
     try:
-        text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"),
-                          default=refuse)
-        data = text.encode("utf-8")
+        encoder = _JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"),
+                               default=refuse)
+        data = encoder.encode(value).encode("utf-8")
     except RecursionError:
         raise not_json("main() returned a value nested too deeply to encode as JSON; flatten "
                        "it.")
@@ -213,6 +223,9 @@ def encode_result(value, result_max):
             raise not_json(f"main() returned a value containing a {name}, which JSON cannot "
                            f"encode; convert it first{hint}.")
         raise not_json(f"main() returned a dict JSON cannot encode: {exc}; use str keys.")
+    except Exception as exc:  # the value's own code raised while being encoded
+        raise not_json(f"main() returned a {type_name(value)} whose encoding raised "
+                       f"{exc_text(exc)}; return plain dicts, lists, str, numbers or bool.")
     if len(data) > result_max:
         raise ScriptError("result_too_large", f"main() returned a value whose JSON encoding is "
                           f"{len(data)} bytes, over the {result_max}-byte limit; return less "
@@ -220,15 +233,21 @@ def encode_result(value, result_max):
     return data
 
 
+def json_str(text):
+    """A JSON string by hand, so a script that patched json cannot break error reports."""
+    return '"' + text.translate(_JSON_ESCAPES) + '"'
+
+
 def error_frame(err):
-    header = {"status": "error", "error": err.code, "message": clean_text(err.message,
-                                                                         MESSAGE_MAX)}
+    fields = [("status", "error"), ("error", err.code),
+              ("message", clean_text(err.message, MESSAGE_MAX))]
     if err.exc is not None and err.code in ("syntax_error", "exception"):
         try:
-            header["traceback"] = user_traceback(err.exc)
+            fields.append(("traceback", user_traceback(err.exc)))
         except BaseException:
-            pass
-    return json.dumps(header).encode("ascii") + b"\n"
+            pass  # the script broke traceback formatting: report without one
+    body = ",".join(json_str(k) + ":" + json_str(v) for k, v in fields)
+    return ("{" + body + "}\n").encode("utf-8")
 
 
 def finish(result_fd, frame):
@@ -238,7 +257,7 @@ def finish(result_fd, frame):
         except BaseException:
             pass  # the script may have closed or replaced it
     write_all(result_fd, frame)
-    os._exit(0)
+    _exit(0)
 
 
 def run(result_fd, result_max):
@@ -271,24 +290,32 @@ def become_init():
             os._exit(128 - code if code < 0 else code)
 
 
+def preload(names):
+    import importlib
+
+    for name in filter(None, names.split(",")):
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # the script will see the same error if it imports it
+            print(f"pyexec runner: preloading {name} failed: {exc}", file=sys.stderr)
+
+
 def start():
     result_fd = int(sys.argv[1])
     result_max = int(sys.argv[2])
-    try:
-        with open("/proc/self/oom_score_adj", "w") as f:
-            f.write("1000")  # the kernel's first choice when memory runs out
-    except OSError:
-        pass
     become_init()
+    preload(sys.argv[3] if len(sys.argv) > 3 else "")
     result_fd = hide_result_fd(result_fd)
     write_all(result_fd, b"READY\n")
     pid = os.getpid()
     ballast = bytearray(1 << 20)  # freed on MemoryError so the report can be written
     try:
         frame = run(result_fd, result_max)
-    except ScriptError as err:
+    except BaseException as exc:
+        err = exc if isinstance(exc, ScriptError) else ScriptError(
+            "exception", f"Running the script failed: {exc_text(exc)}.", exc)
         if os.getpid() != pid:
-            os._exit(0)  # a forked child came back: only the original reports
+            _exit(0)  # a forked child came back: only the original reports
         if err.code == "memory_limit":
             # Drop everything the script held (its traceback keeps its frames alive).
             err.exc = None
@@ -297,7 +324,7 @@ def start():
             gc.collect()
         frame = error_frame(err)
     if os.getpid() != pid:
-        os._exit(0)
+        _exit(0)
     finish(result_fd, frame)
 
 

@@ -162,9 +162,10 @@ void api_job_free(struct job *job)
 
 /* ---- response ---- */
 
-static int response_from_json(struct response *r, int status, json_t *o)
+static int response_from_json(struct response *r, int status, const char *code, json_t *o)
 {
 	r->status = status;
+	r->code = code;
 	r->body = o ? json_dumps(o, JSON_COMPACT) : NULL;
 	json_decref(o);
 	if (!r->body)
@@ -197,7 +198,7 @@ static json_t *error_object(const char *code, const char *message)
 int api_error_response(struct response *r, int status, const char *code, const char *message)
 {
 	memset(r, 0, sizeof(*r));
-	return response_from_json(r, status, error_object(code, message));
+	return response_from_json(r, status, code, error_object(code, message));
 }
 
 static json_t *run_stdout(const struct run_result *run)
@@ -213,7 +214,7 @@ static int script_error(struct response *r, const struct run_result *run, const 
 	json_object_set_new(o, "stdout", run_stdout(run));
 	if (traceback)
 		json_object_set_new(o, "traceback", json_text(traceback, strlen(traceback), false));
-	return response_from_json(r, 422, o);
+	return response_from_json(r, 422, code, o);
 }
 
 static int ok_response(struct response *r, const struct run_result *run, const struct frame *f)
@@ -234,6 +235,7 @@ static int ok_response(struct response *r, const struct run_result *run, const s
 		                          (int)f->result_len, f->result, out_text);
 	free(out_text);
 	r->status = 200;
+	r->code = "ok";
 	return r->body ? 0 : -1;
 }
 
@@ -286,11 +288,13 @@ static int frame_response(struct response *r, const struct run_result *run,
 }
 
 static int no_frame_response(struct response *r, const struct run_result *run,
-                             const struct job *job)
+                             const struct job *job, const struct api_limits *lim)
 {
 	char msg[256];
 	int code = run->exit_code;
 
+	if (run->memory_hit && code > 128)
+		return memory_error(r, run, lim);
 	if (code > 128 && code < 128 + 65) {
 		int sig = code - 128;
 		const char *name = sigabbrev_np(sig);
@@ -325,6 +329,10 @@ int api_outcome_response(const struct run_result *run, const struct job *job,
 		return api_error_response(r, 500, "internal",
 		                          "The sandbox could not start; this is a problem with the "
 		                          "server, not your script (the server log has details).");
+	if (run->end == RUN_CANCELLED)
+		return api_error_response(r, 503, "shutting_down",
+		                          "The server is shutting down and stopped this run; send "
+		                          "it again.");
 	if (run->end == RUN_TIMEOUT) {
 		snprintf(msg, sizeof(msg),
 		         "The script did not finish within its %g s time limit; make it faster "
@@ -334,9 +342,11 @@ int api_outcome_response(const struct run_result *run, const struct job *job,
 	}
 	if (run->chan.truncated)
 		return too_large(r, run, lim);
-	if (run->chan.len)
+	/* The runner exits 0 right after its frame; a frame followed by a death or an exit is
+	 * not trusted. */
+	if (run->chan.len && run->exit_code == 0)
 		return frame_response(r, run, lim);
-	return no_frame_response(r, run, job);
+	return no_frame_response(r, run, job, lim);
 }
 
 void api_response_free(struct response *r)

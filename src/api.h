@@ -24,7 +24,8 @@ struct job {
 
 struct response {
 	int status;
-	char *body; /* owned; release with api_response_free */
+	const char *code; /* "ok" or the error code: a static string */
+	char *body;       /* owned; release with api_response_free */
 	size_t len;
 	bool stdout_truncated;
 };

@@ -54,6 +54,18 @@ static const struct setting settings[] = {
      "bytes of request body allowed"},
     {"max-connections", "PYEXEC_MAX_CONNECTIONS", NUM(K_ULONG, max_connections), "256",
      "open HTTP connections at once"},
+    {"concurrency", "PYEXEC_CONCURRENCY", NUM(K_ULONG, concurrency), "0",
+     "runs at once (0: the number of CPUs)"},
+    {"queue", "PYEXEC_QUEUE", NUM(K_ULONG, queue), "16",
+     "requests waiting for a run slot before 429 busy"},
+    {"pool", "PYEXEC_POOL", NUM(K_ULONG, pool), "2",
+     "ready jails to keep (0: every run starts cold)"},
+    {"preload", "PYEXEC_PRELOAD", STR(preload), "numpy,pandas",
+     "modules a ready jail imports ahead of its script (comma-separated)"},
+    {"pool-max-age", "PYEXEC_POOL_MAX_AGE", NUM(K_SECONDS, pool_max_age), "300",
+     "seconds a ready jail may wait before it is replaced"},
+    {"grace", "PYEXEC_GRACE", NUM(K_SECONDS, grace), "8",
+     "seconds in-flight runs get to finish after SIGTERM"},
 };
 
 #define NSETTINGS (sizeof(settings) / sizeof(settings[0]))
@@ -159,6 +171,17 @@ static int config_defaults(struct config *c, struct err *e)
 	if (!c->seccomp[0])
 		default_path(c->seccomp, sizeof(c->seccomp), "config/seccomp.kafel",
 		             "/usr/lib/pyexec/seccomp.kafel");
+	if (c->concurrency == 0) {
+		long n = sysconf(_SC_NPROCESSORS_ONLN);
+		c->concurrency = n > 0 ? (unsigned long)n : 1;
+	}
+	if (c->pool > 64)
+		return err_set(e, 0, "config", "PYEXEC_POOL must be at most 64, not %lu", c->pool);
+	if (c->preload[strspn(c->preload, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+	                                  "0123456789_.,")])
+		return err_set(e, 0, "config",
+		               "PYEXEC_PRELOAD must be module names separated by commas, not '%s'",
+		               c->preload);
 	if (c->timeout > c->max_timeout)
 		return err_set(e, 0, "config",
 		               "PYEXEC_TIMEOUT (%g) is above PYEXEC_MAX_TIMEOUT (%g)", c->timeout,
@@ -181,7 +204,9 @@ int config_load(struct config *c, int argc, char **argv, struct err *e)
 		const char *v = getenv(settings[i].env);
 		if (setting_apply(c, &settings[i], settings[i].def, e) < 0)
 			return -1;
-		if (v && *v && setting_apply(c, &settings[i], v, e) < 0)
+		/* An empty string is a value for text settings (PYEXEC_PRELOAD= means none). */
+		if (v && (*v || settings[i].kind == K_STR) &&
+		    setting_apply(c, &settings[i], v, e) < 0)
 			return -1;
 	}
 	for (int i = 1; i < argc; i++) {

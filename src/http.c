@@ -2,45 +2,53 @@
 
 #include <arpa/inet.h>
 #include <microhttpd.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/random.h>
-#include <time.h>
 #include <unistd.h>
 
+#include "admit.h"
 #include "api.h"
 #include "buf.h"
+#include "cgroup.h"
 #include "jail.h"
 #include "log.h"
+#include "metrics.h"
+#include "pool.h"
 #include "run.h"
 
 #define FRAME_HEADER_MAX (256 * 1024 + 64) /* matches frame.c's header cap */
 #define PROBE_SCRIPT "def main():\n    return 1\n"
+#define STOP_DRAIN_SECONDS 3.0
 
 struct http {
 	const struct config *cfg;
 	struct MHD_Daemon *daemon;
+	struct cgroup cg;
 	struct jail *jail; /* NULL when the jail cannot be built; jail_problem says why */
 	char jail_problem[512];
 	bool probe_ok;
+	atomic_bool shutting_down;
+	int stop_fd; /* eventfd, readable once in-flight runs must stop */
 	struct api_limits lim;
+	struct pool *pool;
+	struct admit *admit;
+	struct metrics *metrics;
 };
 
 struct request {
 	struct buf body;
-	bool started;
 	char id[65];
-	struct timespec t0;
+	double t0;
 };
 
-static double ms_since(const struct timespec *t0)
-{
-	struct timespec t;
-
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return (double)(t.tv_sec - t0->tv_sec) * 1e3 + (double)(t.tv_nsec - t0->tv_nsec) / 1e6;
-}
+/* Extra header for a response, beyond the contract's own. */
+struct header {
+	const char *name, *value;
+};
 
 /* Reuse a well-formed client request id so logs can be joined; otherwise make one. */
 static void request_id(struct MHD_Connection *conn, char id[65])
@@ -61,44 +69,41 @@ static void request_id(struct MHD_Connection *conn, char id[65])
 }
 
 static void log_request(struct MHD_Connection *conn, const char *method, const char *url,
-                        const struct request *rq, const struct response *r, const char *outcome)
+                        const struct request *rq, int status, const char *outcome)
 {
 	const char *ua = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "User-Agent");
-	double ms = ms_since(&rq->t0);
-	json_t *extra;
+	double s = run_now() - rq->t0;
 	char latency[32];
 
-	snprintf(latency, sizeof(latency), "%.3fs", ms / 1e3);
-	extra =
-	    json_pack("{s:{s:s,s:s,s:i,s:s,s:s?},s:s,s:s,s:f}", "httpRequest", "requestMethod",
-	              method, "requestUrl", url, "status", r->status, "latency", latency,
-	              "userAgent", ua, "requestId", rq->id, "outcome", outcome, "durationMs", ms);
-	log_json(r->status >= 500 ? "ERROR" : "INFO", extra, "%s %s %d", method, url, r->status);
+	snprintf(latency, sizeof(latency), "%.6fs", s);
+	log_json(status >= 500 ? "ERROR" : "INFO",
+	         json_pack("{s:{s:s,s:s,s:i,s:s,s:s?},s:s,s:s,s:f}", "httpRequest", "requestMethod",
+	                   method, "requestUrl", url, "status", status, "latency", latency,
+	                   "userAgent", ua, "requestId", rq->id, "outcome", outcome, "durationMs",
+	                   s * 1e3),
+	         "%s %s %d %s", method, url, status, outcome);
 }
 
 /* Sends r (taking its body) with the contract's headers. */
 static enum MHD_Result respond(struct MHD_Connection *conn, const char *method, const char *url,
-                               struct request *rq, struct response *r, const char *allow,
+                               struct request *rq, struct response *r, struct header extra,
                                long exec_ms)
 {
 	struct MHD_Response *mr;
 	enum MHD_Result ret;
 	char ms[32];
-	const char *outcome = "ok";
-	json_t *body = r->status == 200 ? NULL : json_loadb(r->body, r->len, 0, NULL);
 
-	if (body)
-		outcome = json_string_value(json_object_get(body, "error"));
-	log_request(conn, method, url, rq, r, outcome ? outcome : "error");
-	json_decref(body);
+	log_request(conn, method, url, rq, r->status, r->code ? r->code : "ok");
 	mr = MHD_create_response_from_buffer(r->len, r->body, MHD_RESPMEM_MUST_FREE);
-	r->body = NULL;
-	if (!mr)
+	if (!mr) {
+		api_response_free(r);
 		return MHD_NO;
+	}
+	r->body = NULL;
 	MHD_add_response_header(mr, "Content-Type", "application/json");
 	MHD_add_response_header(mr, "X-Request-Id", rq->id);
-	if (allow)
-		MHD_add_response_header(mr, "Allow", allow);
+	if (extra.name)
+		MHD_add_response_header(mr, extra.name, extra.value);
 	if (exec_ms >= 0) {
 		snprintf(ms, sizeof(ms), "%ld", exec_ms);
 		MHD_add_response_header(mr, "X-Execution-Time-Ms", ms);
@@ -112,105 +117,227 @@ static enum MHD_Result respond(struct MHD_Connection *conn, const char *method, 
 
 static enum MHD_Result respond_error(struct MHD_Connection *conn, const char *method,
                                      const char *url, struct request *rq, int status,
-                                     const char *code, const char *message, const char *allow)
+                                     const char *code, const char *message, struct header extra)
 {
 	struct response r;
 
 	if (api_error_response(&r, status, code, message) < 0)
 		return MHD_NO;
-	return respond(conn, method, url, rq, &r, allow, -1);
+	return respond(conn, method, url, rq, &r, extra, -1);
 }
 
-/* Runs one job in a fresh jail; fills r. Returns the run's execution time or -1. */
-static long execute_job(struct http *h, const struct job *job, struct response *r, const char *rid)
+static const struct header no_header = {NULL, NULL};
+
+/* A ready jail from the pool, else one started now: never a wait longer than a start. */
+static struct sandbox *sandbox_get(struct http *h, const char *rid)
+{
+	struct sandbox *sb = pool_take(h->pool);
+	struct run_result failed;
+	struct err e;
+
+	if (sb)
+		return sb;
+	sb = jail_start(h->jail, false, &e);
+	if (!sb) {
+		log_error("request %s: %s", rid, e.message);
+		return NULL;
+	}
+	if (sandbox_wait_ready(sb, h->cfg->start_timeout) == 0) {
+		metrics_jail_start(h->metrics, sandbox_start_seconds(sb));
+		return sb;
+	}
+	sandbox_destroy(sb, &failed);
+	jail_done(h->jail, &failed);
+	log_json("ERROR",
+	         json_pack("{s:s,s:i,s:s}", "requestId", rid, "exitCode", failed.exit_code,
+	                   "nsjail", failed.diag),
+	         "jail did not start");
+	return NULL;
+}
+
+/* Runs one job; fills r. Returns the run's execution time in ms, or -1. */
+static long run_job(struct http *h, const struct job *job, int client_fd, struct response *r,
+                    const char *rid)
 {
 	const struct config *c = h->cfg;
 	struct run_spec spec = {
-	    .argv = jail_argv(h->jail),
 	    .script = job->script,
 	    .script_len = job->script_len,
 	    .timeout = job->timeout,
-	    .start_timeout = c->start_timeout,
 	    .stdout_max = c->stdout_max,
 	    .chan_max = c->result_max + FRAME_HEADER_MAX,
+	    .cancel_fds = {client_fd, h->stop_fd},
 	};
+	struct sandbox *sb = sandbox_get(h, rid);
 	struct run_result run;
-	struct err e;
-	long ms;
 
-	if (run_script(&spec, &run, &e) < 0) {
-		log_error("request %s: %s", rid, e.message);
-		api_error_response(
-		    r, 500, "internal",
-		    "The sandbox could not start; this is a problem with the server, "
-		    "not your script (the server log has details).");
-		return -1;
+	if (!sb) {
+		memset(&run, 0, sizeof(run));
+		run.end = RUN_START_FAILED;
+	} else {
+		sandbox_run(sb, &spec, &run);
+		jail_done(h->jail, &run);
 	}
-	if (!run.ready)
-		log_json("ERROR",
-		         json_pack("{s:s,s:i,s:s}", "requestId", rid, "exitCode", run.exit_code,
-		                   "nsjail", run.diag),
-		         "jail did not start");
-	ms = run.ready ? run.exec_ms : -1;
 	if (api_outcome_response(&run, job, &h->lim, r) < 0)
 		api_error_response(r, 500, "internal", "The server is out of memory; try again.");
 	run_result_free(&run);
-	return ms;
+	if (run.end == RUN_CANCELLED && !atomic_load(&h->shutting_down))
+		r->code = "client_gone";
+	return run.ready ? run.exec_ms : -1;
+}
+
+static int client_fd(struct MHD_Connection *conn)
+{
+	const union MHD_ConnectionInfo *ci =
+	    MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+
+	return ci ? ci->connect_fd : -1;
+}
+
+static enum MHD_Result refuse(struct http *h, struct MHD_Connection *conn, const char *url,
+                              struct request *rq, enum admit_rc rc)
+{
+	metrics_run(h->metrics, rc == ADMIT_BUSY ? "busy" : "shutting_down", -1);
+	if (rc == ADMIT_BUSY)
+		return respond_error(conn, "POST", url, rq, 429, "busy",
+		                     "Every execution slot and queue place is taken; retry after "
+		                     "the time in Retry-After.",
+		                     (struct header){"Retry-After", "1"});
+	return respond_error(conn, "POST", url, rq, 503, "shutting_down",
+	                     "The server is shutting down; send the request again (another "
+	                     "instance will take it).",
+	                     (struct header){"Retry-After", "1"});
 }
 
 static enum MHD_Result execute(struct http *h, struct MHD_Connection *conn, const char *url,
                                struct request *rq)
 {
-	struct response r;
+	int fd = client_fd(conn);
+	struct response r = {0};
+	enum admit_rc rc;
 	struct job job;
 	struct err e;
-	long ms = -1;
+	double waited;
+	long ms;
 
 	if (!h->jail)
 		return respond_error(conn, "POST", url, rq, 500, "internal",
 		                     "The sandbox is not available on this server (nsjail or its "
 		                     "files are missing); the operator must fix the installation.",
-		                     NULL);
+		                     no_header);
 	if (api_request_parse(rq->body.data ? rq->body.data : "", rq->body.len, &h->lim, &job, &e) <
 	    0) {
-		if (api_error_response(&r, e.status, e.code, e.message) < 0)
-			return MHD_NO;
-	} else {
-		ms = execute_job(h, &job, &r, rq->id);
+		metrics_run(h->metrics, e.code, -1);
+		return respond_error(conn, "POST", url, rq, e.status, e.code, e.message, no_header);
+	}
+	rc = admit_enter(h->admit, fd, &waited);
+	metrics_queue_wait(h->metrics, waited);
+	if (rc != ADMIT_OK) {
 		api_job_free(&job);
+		if (rc == ADMIT_GONE) {
+			metrics_run(h->metrics, "client_gone", -1);
+			return MHD_NO;
+		}
+		return refuse(h, conn, url, rq, rc);
+	}
+	ms = run_job(h, &job, fd, &r, rq->id);
+	admit_leave(h->admit);
+	api_job_free(&job);
+	metrics_run(h->metrics, r.code, ms >= 0 ? (double)ms / 1e3 : -1);
+	if (r.code && strcmp(r.code, "client_gone") == 0) {
+		log_request(conn, "POST", url, rq, 499, "client_gone");
+		api_response_free(&r);
+		return MHD_NO; /* nobody is listening */
 	}
 	if (!r.body)
 		return MHD_NO;
-	return respond(conn, "POST", url, rq, &r, NULL, ms);
+	return respond(conn, "POST", url, rq, &r, no_header, ms);
 }
 
 static bool healthy(const struct http *h)
 {
-	return h->jail && h->probe_ok && access(h->cfg->nsjail, X_OK) == 0;
+	return h->jail && h->probe_ok && !atomic_load(&h->shutting_down) &&
+	       access(h->cfg->nsjail, X_OK) == 0;
+}
+
+static enum MHD_Result text_response(struct MHD_Connection *conn, const char *method,
+                                     const char *url, struct request *rq, int status, char *body)
+{
+	struct response r = {.status = status, .code = "ok", .body = body};
+
+	if (!body)
+		return MHD_NO;
+	r.len = strlen(body);
+	return respond(conn, method, url, rq, &r, no_header, -1);
 }
 
 static enum MHD_Result healthz(struct http *h, struct MHD_Connection *conn, const char *method,
                                const char *url, struct request *rq)
 {
-	struct response r = {.status = 200};
 	json_t *o = json_object();
+	const char *why = !h->jail                         ? h->jail_problem
+	                  : atomic_load(&h->shutting_down) ? "the server is shutting down"
+	                                                   : "the sandbox self-check failed, "
+	                                                     "or nsjail is no longer executable";
+	bool ok = healthy(h);
+	char *body;
 
-	if (!healthy(h)) {
-		r.status = 503;
-		json_object_set_new(o, "status", json_string("unavailable"));
-		json_object_set_new(o, "message",
-		                    json_string(h->jail ? "the sandbox self-check failed or nsjail "
-		                                          "is no longer executable"
-		                                        : h->jail_problem));
-	} else {
-		json_object_set_new(o, "status", json_string("ok"));
-	}
-	r.body = json_dumps(o, JSON_COMPACT);
+	json_object_set_new(o, "status", json_string(ok ? "ok" : "unavailable"));
+	if (!ok)
+		json_object_set_new(o, "message", json_string(why));
+	json_object_set_new(o, "poolReady", json_integer(pool_ready(h->pool)));
+	json_object_set_new(o, "limits",
+	                    json_string(h->cg.mode == CGROUP_NONE
+	                                    ? "rlimits only (no writable cgroup)"
+	                                : h->cg.mode == CGROUP_V2 ? "cgroup v2 and rlimits"
+	                                                          : "cgroup v1 and rlimits"));
+	body = json_dumps(o, JSON_COMPACT);
 	json_decref(o);
-	if (!r.body)
+	return text_response(conn, method, url, rq, ok ? 200 : 503, body);
+}
+
+static enum MHD_Result metrics(struct http *h, struct MHD_Connection *conn, const char *method,
+                               const char *url, struct request *rq)
+{
+	struct metrics_gauges g = {.ready = pool_ready(h->pool),
+	                           .pool_size = (unsigned)h->cfg->pool,
+	                           .slots = (unsigned)h->cfg->concurrency};
+	struct MHD_Response *mr;
+	enum MHD_Result ret;
+	char *text;
+
+	admit_counts(h->admit, &g.running, &g.queued);
+	text = metrics_render(h->metrics, &g);
+	if (!text)
 		return MHD_NO;
-	r.len = strlen(r.body);
-	return respond(conn, method, url, rq, &r, NULL, -1);
+	log_request(conn, method, url, rq, 200, "ok");
+	mr = MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE);
+	if (!mr) {
+		free(text);
+		return MHD_NO;
+	}
+	MHD_add_response_header(mr, "Content-Type", "text/plain; version=0.0.4");
+	MHD_add_response_header(mr, "X-Request-Id", rq->id);
+	ret = MHD_queue_response(conn, MHD_HTTP_OK, mr);
+	MHD_destroy_response(mr);
+	return ret;
+}
+
+static enum MHD_Result too_large(struct http *h, struct MHD_Connection *conn, const char *url,
+                                 struct request *rq)
+{
+	char msg[160];
+
+	snprintf(msg, sizeof(msg),
+	         "The request body is over the %lu-byte limit; send a smaller script.",
+	         h->cfg->body_max);
+	metrics_run(h->metrics, "payload_too_large", -1);
+	return respond_error(conn, "POST", url, rq, 413, "payload_too_large", msg, no_header);
+}
+
+static bool is_get(const char *method)
+{
+	return strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0;
 }
 
 /* First call for a request: decide from the headers alone whether to read its body. */
@@ -219,37 +346,35 @@ static enum MHD_Result route(struct http *h, struct MHD_Connection *conn, const 
 {
 	const char *ct, *cl;
 
-	if (strcmp(url, "/healthz") == 0) {
-		if (strcmp(method, "GET") && strcmp(method, "HEAD"))
+	if (strcmp(url, "/healthz") == 0 || strcmp(url, "/metrics") == 0) {
+		if (!is_get(method))
 			return respond_error(conn, method, url, rq, 405, "method_not_allowed",
-			                     "Use GET for /healthz.", "GET, HEAD");
-		return healthz(h, conn, method, url, rq);
+			                     "Use GET for this path.",
+			                     (struct header){"Allow", "GET, HEAD"});
+		return url[1] == 'h' ? healthz(h, conn, method, url, rq)
+		                     : metrics(h, conn, method, url, rq);
 	}
 	if (strcmp(url, "/execute") != 0)
 		return respond_error(conn, method, url, rq, 404, "not_found",
-		                     "There is nothing here; POST your script to /execute.", NULL);
+		                     "There is nothing here; POST your script to /execute.",
+		                     no_header);
 	if (strcmp(method, "POST") != 0)
 		return respond_error(conn, method, url, rq, 405, "method_not_allowed",
-		                     "Use POST for /execute.", "POST");
+		                     "Use POST for /execute.", (struct header){"Allow", "POST"});
+	if (atomic_load(&h->shutting_down))
+		return refuse(h, conn, url, rq, ADMIT_STOPPING);
 	ct = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Type");
-	if (!api_content_type_ok(ct))
+	if (!api_content_type_ok(ct)) {
+		metrics_run(h->metrics, "unsupported_media_type", -1);
 		return respond_error(conn, method, url, rq, 415, "unsupported_media_type",
 		                     "Send the body as JSON with the header Content-Type: "
 		                     "application/json.",
-		                     NULL);
+		                     no_header);
+	}
 	cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
 	if (cl && strtoull(cl, NULL, 10) > h->cfg->body_max)
-		goto too_large;
-	rq->started = true;
+		return too_large(h, conn, url, rq);
 	return MHD_YES;
-too_large : {
-	char msg[160];
-	snprintf(msg, sizeof(msg),
-	         "The request body is over the %lu-byte limit; send a smaller "
-	         "script.",
-	         h->cfg->body_max);
-	return respond_error(conn, method, url, rq, 413, "payload_too_large", msg, NULL);
-}
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
@@ -265,7 +390,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 		if (!rq)
 			return MHD_NO;
 		buf_init(&rq->body, h->cfg->body_max + 1);
-		clock_gettime(CLOCK_MONOTONIC, &rq->t0);
+		rq->t0 = run_now();
 		request_id(conn, rq->id);
 		*state = rq;
 		return route(h, conn, url, method, rq);
@@ -276,13 +401,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 		*data_size = 0;
 		return MHD_YES;
 	}
-	if (rq->body.truncated || rq->body.len > h->cfg->body_max) {
-		char msg[160];
-		snprintf(msg, sizeof(msg),
-		         "The request body is over the %lu-byte limit; send a smaller script.",
-		         h->cfg->body_max);
-		return respond_error(conn, method, url, rq, 413, "payload_too_large", msg, NULL);
-	}
+	if (rq->body.truncated)
+		return too_large(h, conn, url, rq);
 	return execute(h, conn, url, rq);
 }
 
@@ -305,13 +425,12 @@ static void self_check(struct http *h)
 	struct job job = {
 	    .script = (char *)PROBE_SCRIPT, .script_len = strlen(PROBE_SCRIPT), .timeout = 5};
 	struct response r = {0};
-	struct timespec t0;
+	double t0 = run_now();
 
-	clock_gettime(CLOCK_MONOTONIC, &t0);
-	execute_job(h, &job, &r, "self-check");
+	run_job(h, &job, -1, &r, "self-check");
 	h->probe_ok = r.status == 200;
 	log_json(h->probe_ok ? "INFO" : "ERROR",
-	         json_pack("{s:b,s:f}", "ok", h->probe_ok, "durationMs", ms_since(&t0)),
+	         json_pack("{s:b,s:f}", "ok", h->probe_ok, "durationMs", (run_now() - t0) * 1e3),
 	         "sandbox self-check %s", h->probe_ok ? "passed" : "failed");
 	api_response_free(&r);
 }
@@ -326,24 +445,67 @@ static int parse_addr(const struct config *c, struct sockaddr_in *sa, struct err
 	return 0;
 }
 
+static int http_parts(struct http *h, const struct config *c, struct err *e)
+{
+	struct err je;
+
+	h->cfg = c;
+	h->lim = (struct api_limits){c->timeout, c->max_timeout, c->result_max, c->memory_mb};
+	h->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	h->metrics = metrics_new();
+	h->admit = admit_new((unsigned)c->concurrency, (unsigned)c->queue);
+	if (h->stop_fd < 0 || !h->metrics || !h->admit)
+		return err_set(e, 0, "config", "out of memory or descriptors at start-up");
+	cgroup_init(&h->cg);
+	if (h->cg.mode == CGROUP_NONE)
+		log_warn("no cgroup limits: %s; memory and processes are capped per process by "
+		         "rlimits only",
+		         h->cg.why);
+	else
+		log_info("per-run memory and process limits: cgroup %s", cgroup_mode_name(&h->cg));
+	h->jail = jail_new(c, &h->cg, &je);
+	if (!h->jail) {
+		snprintf(h->jail_problem, sizeof(h->jail_problem), "%s", je.message);
+		log_error("sandbox unavailable: %s", je.message);
+	}
+	/* Self-check first, with the pool still empty, so the check starts a jail itself. */
+	h->pool = pool_new(h->jail, 0, 1, 1, h->metrics, e);
+	if (!h->pool)
+		return -1;
+	if (h->jail)
+		self_check(h);
+	if (h->jail && c->pool) {
+		pool_free(h->pool);
+		h->pool = pool_new(h->jail, (unsigned)c->pool, c->pool_max_age, c->start_timeout,
+		                   h->metrics, e);
+		if (!h->pool)
+			return -1;
+	}
+	return 0;
+}
+
+static void http_free(struct http *h)
+{
+	pool_free(h->pool);
+	jail_free(h->jail);
+	admit_free(h->admit);
+	metrics_free(h->metrics);
+	if (h->stop_fd >= 0)
+		close(h->stop_fd);
+	free(h);
+}
+
 struct http *http_start(const struct config *c, struct err *e)
 {
 	struct http *h = calloc(1, sizeof(*h));
 	struct sockaddr_in sa;
-	struct err je;
 
-	if (!h || parse_addr(c, &sa, e) < 0) {
-		free(h);
+	if (!h)
 		return NULL;
-	}
-	h->cfg = c;
-	h->lim = (struct api_limits){c->timeout, c->max_timeout, c->result_max, c->memory_mb};
-	h->jail = jail_new(c, &je);
-	if (h->jail)
-		self_check(h);
-	else {
-		snprintf(h->jail_problem, sizeof(h->jail_problem), "%s", je.message);
-		log_error("sandbox unavailable: %s", je.message);
+	h->stop_fd = -1;
+	if (parse_addr(c, &sa, e) < 0 || http_parts(h, c, e) < 0) {
+		http_free(h);
+		return NULL;
 	}
 	h->daemon = MHD_start_daemon(
 	    MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION, (uint16_t)c->port,
@@ -354,18 +516,34 @@ struct http *http_start(const struct config *c, struct err *e)
 	if (!h->daemon) {
 		err_set(e, 0, "config", "cannot listen on %s:%lu (in use, or not permitted)",
 		        c->host, c->port);
-		jail_free(h->jail);
-		free(h);
+		http_free(h);
 		return NULL;
 	}
-	log_json("INFO", json_pack("{s:s,s:i}", "host", c->host, "port", (int)c->port),
+	log_json("INFO",
+	         json_pack("{s:s,s:i,s:i,s:i,s:i}", "host", c->host, "port", (int)c->port,
+	                   "concurrency", (int)c->concurrency, "queue", (int)c->queue, "pool",
+	                   (int)c->pool),
 	         "listening on %s:%lu", c->host, c->port);
 	return h;
+}
+
+unsigned http_shutdown(struct http *h)
+{
+	uint64_t one = 1;
+	unsigned left;
+
+	atomic_store(&h->shutting_down, true);
+	admit_stop(h->admit);
+	left = admit_drain(h->admit, h->cfg->grace);
+	if (left) {
+		(void)!write(h->stop_fd, &one, sizeof(one));
+		admit_drain(h->admit, STOP_DRAIN_SECONDS);
+	}
+	return left;
 }
 
 void http_stop(struct http *h)
 {
 	MHD_stop_daemon(h->daemon);
-	jail_free(h->jail);
-	free(h);
+	http_free(h);
 }

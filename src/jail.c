@@ -3,34 +3,46 @@
 #include <libgen.h>
 #include <math.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "log.h"
+
 #define ARGS_MAX 64
 
-struct jail {
+/* One command line: nsjail's options, then the per-run options, then "--" and the runner. */
+struct args {
 	char *argv[ARGS_MAX + 1];
 	int argc;
+	int split; /* index of "--" */
 };
 
-static int jail_add(struct jail *j, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+struct jail {
+	const struct cgroup *cg;
+	unsigned long long mem_bytes;
+	struct args cold, pool;
+	atomic_ulong runs; /* names each run's cgroup */
+};
 
-static int jail_add(struct jail *j, const char *fmt, ...)
+static int jail_add(struct args *a, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static int jail_add(struct args *a, const char *fmt, ...)
 {
 	va_list ap;
 	char *s;
 	int n;
 
-	if (j->argc >= ARGS_MAX)
+	if (a->argc >= ARGS_MAX)
 		return -1;
 	va_start(ap, fmt);
 	n = vasprintf(&s, fmt, ap);
 	va_end(ap);
 	if (n < 0)
 		return -1;
-	j->argv[j->argc++] = s;
+	a->argv[a->argc++] = s;
 	return 0;
 }
 
@@ -50,42 +62,71 @@ static int stdlib_dir(const char *python_real, char *out, size_t n)
 
 	snprintf(a, sizeof(a), "%s", python_real);
 	snprintf(b, sizeof(b), "%s", python_real);
-	snprintf(out, n, "%s/lib/%s", dirname(dirname(a)), basename(b));
+	if (snprintf(out, n, "%s/lib/%s", dirname(dirname(a)), basename(b)) >= (int)n)
+		return -1;
 	return access(out, R_OK);
 }
 
-static int jail_build(struct jail *j, const struct config *c, const char *py, const char *lib)
+/* cgroup limits for the whole run, where the host lets us have them. */
+static int cgroup_args(struct args *a, const struct jail *j, const struct config *c)
 {
-	/* The server's deadline is the real limit; nsjail's are a backstop should it vanish. */
-	unsigned long backstop = (unsigned long)ceil(c->max_timeout + c->start_timeout) + 5;
+	const struct cgroup *cg = j->cg;
 	int rc = 0;
 
-	rc |= jail_add(j, "%s", c->nsjail);
-	rc |= jail_add(j, "--config=%s", c->jail_config);
-	rc |= jail_add(j, "--seccomp_policy=%s", c->seccomp);
-	rc |= jail_add(j, "--time_limit=%lu", backstop);
-	rc |= jail_add(j, "--rlimit_cpu=%lu", backstop);
-	rc |= jail_add(j, "--rlimit_as=%lu", c->memory_mb);
-	rc |= jail_add(j, "--rlimit_fsize=%lu", c->tmp_mb);
-	rc |= jail_add(j, "--rlimit_nofile=%lu", c->max_files);
-	rc |= jail_add(j, "--rlimit_nproc=%lu", c->max_procs);
-	rc |= jail_add(j, "--pass_fd=%d", JAIL_RESULT_FD);
-	rc |= jail_add(j, "--bindmount_ro=%s", py);
-	rc |= jail_add(j, "--bindmount_ro=%s", lib);
-	rc |= jail_add(j, "--bindmount_ro=%s:/pyexec/runner.py", c->runner);
-	rc |= jail_add(j, "--mount=none:/tmp:tmpfs:size=%lum,mode=0700", c->tmp_mb);
-	rc |= jail_add(j, "--");
+	if (cg->mode == CGROUP_NONE)
+		return 0;
+	rc |= jail_add(a, "--cgroup_mem_max=%llu", j->mem_bytes);
+	rc |= jail_add(a, "--cgroup_pids_max=%lu", c->max_procs);
+	if (cg->mode == CGROUP_V2) {
+		rc |= jail_add(a, "--use_cgroupv2");
+		rc |= jail_add(a, "--cgroup_mem_swap_max=0");
+		return rc;
+	}
+	rc |= jail_add(a, "--cgroup_mem_mount=%s", cg->mem);
+	rc |= jail_add(a, "--cgroup_pids_mount=%s", cg->pids);
+	if (cg->memsw)
+		rc |= jail_add(a, "--cgroup_mem_memsw_max=%llu", j->mem_bytes);
+	return rc;
+}
+
+static int jail_build(struct args *a, const struct jail *j, const struct config *c, const char *py,
+                      const char *lib, bool for_pool)
+{
+	/* The server's deadline is the real limit; nsjail's are a backstop should it vanish. A
+	 * pool jail may also wait up to its maximum age for a script. */
+	unsigned long cpu = (unsigned long)ceil(c->max_timeout + c->start_timeout) + 5;
+	unsigned long wall = cpu + (for_pool ? (unsigned long)ceil(c->pool_max_age) : 0);
+	int rc = 0;
+
+	rc |= jail_add(a, "%s", c->nsjail);
+	rc |= jail_add(a, "--config=%s", c->jail_config);
+	rc |= jail_add(a, "--seccomp_policy=%s", c->seccomp);
+	rc |= jail_add(a, "--time_limit=%lu", wall);
+	rc |= jail_add(a, "--rlimit_cpu=%lu", cpu);
+	rc |= jail_add(a, "--rlimit_as=%lu", c->memory_mb);
+	rc |= jail_add(a, "--rlimit_fsize=%lu", c->tmp_mb);
+	rc |= jail_add(a, "--rlimit_nofile=%lu", c->max_files);
+	rc |= jail_add(a, "--rlimit_nproc=%lu", c->max_procs);
+	rc |= jail_add(a, "--pass_fd=%d", JAIL_RESULT_FD);
+	rc |= jail_add(a, "--bindmount_ro=%s", py);
+	rc |= jail_add(a, "--bindmount_ro=%s", lib);
+	rc |= jail_add(a, "--bindmount_ro=%s:/pyexec/runner.py", c->runner);
+	rc |= jail_add(a, "--mount=none:/tmp:tmpfs:size=%lum,mode=0700", c->tmp_mb);
+	rc |= cgroup_args(a, j, c);
+	a->split = a->argc;
+	rc |= jail_add(a, "--");
 	/* -I: ignore PYTHON* variables and user site; -u: prints survive a kill at the deadline. */
-	rc |= jail_add(j, "%s", py);
-	rc |= jail_add(j, "-I");
-	rc |= jail_add(j, "-u");
-	rc |= jail_add(j, "/pyexec/runner.py");
-	rc |= jail_add(j, "%d", JAIL_RESULT_FD);
-	rc |= jail_add(j, "%lu", c->result_max);
+	rc |= jail_add(a, "%s", py);
+	rc |= jail_add(a, "-I");
+	rc |= jail_add(a, "-u");
+	rc |= jail_add(a, "/pyexec/runner.py");
+	rc |= jail_add(a, "%d", JAIL_RESULT_FD);
+	rc |= jail_add(a, "%lu", c->result_max);
+	rc |= jail_add(a, "%s", for_pool ? c->preload : "");
 	return rc ? -1 : 0;
 }
 
-struct jail *jail_new(const struct config *c, struct err *e)
+struct jail *jail_new(const struct config *c, const struct cgroup *cg, struct err *e)
 {
 	char py[PATH_MAX], lib[PATH_MAX];
 	struct jail *j;
@@ -103,7 +144,12 @@ struct jail *jail_new(const struct config *c, struct err *e)
 		return NULL;
 	}
 	j = calloc(1, sizeof(*j));
-	if (!j || jail_build(j, c, py, lib) < 0) {
+	if (j) {
+		j->cg = cg;
+		j->mem_bytes = (unsigned long long)c->memory_mb << 20;
+	}
+	if (!j || jail_build(&j->cold, j, c, py, lib, false) < 0 ||
+	    jail_build(&j->pool, j, c, py, lib, true) < 0) {
 		jail_free(j);
 		err_set(e, 500, "internal", "out of memory building the jail command");
 		return NULL;
@@ -111,16 +157,57 @@ struct jail *jail_new(const struct config *c, struct err *e)
 	return j;
 }
 
-char *const *jail_argv(const struct jail *j)
+struct sandbox *jail_start(struct jail *j, bool for_pool, struct err *e)
 {
-	return j->argv;
+	const struct args *a = for_pool ? &j->pool : &j->cold;
+	char *argv[ARGS_MAX + 3], name[32], opt[2][PATH_MAX + 64];
+	struct sandbox *sb;
+	int n = 0;
+
+	snprintf(name, sizeof(name), "run-%d-%lu", (int)getpid(), atomic_fetch_add(&j->runs, 1));
+	for (int i = 0; i < a->split; i++)
+		argv[n++] = a->argv[i];
+	if (j->cg->mode != CGROUP_NONE) {
+		if (cgroup_run_create(j->cg, name) < 0) {
+			err_set(e, 500, "internal", "cannot create the run's cgroup %s", name);
+			return NULL;
+		}
+		/* v1: nsjail's group goes under <mount>/<parent>; v2: under its mount. */
+		if (j->cg->mode == CGROUP_V2) {
+			snprintf(opt[0], sizeof(opt[0]), "--cgroupv2_mount=%s/%s", j->cg->mem,
+			         name);
+			argv[n++] = opt[0];
+		} else {
+			snprintf(opt[0], sizeof(opt[0]), "--cgroup_mem_parent=%s", name);
+			snprintf(opt[1], sizeof(opt[1]), "--cgroup_pids_parent=%s", name);
+			argv[n++] = opt[0];
+			argv[n++] = opt[1];
+		}
+	}
+	for (int i = a->split; i < a->argc; i++)
+		argv[n++] = a->argv[i];
+	argv[n] = NULL;
+	sb = sandbox_start(argv, name, e);
+	if (!sb)
+		cgroup_run_remove(j->cg, name);
+	return sb;
+}
+
+void jail_done(struct jail *j, struct run_result *r)
+{
+	if (j->cg->mode == CGROUP_NONE || !r->tag[0])
+		return;
+	r->memory_hit = cgroup_run_hit_memory(j->cg, r->tag, j->mem_bytes);
+	cgroup_run_remove(j->cg, r->tag);
 }
 
 void jail_free(struct jail *j)
 {
 	if (!j)
 		return;
-	for (int i = 0; i < j->argc; i++)
-		free(j->argv[i]);
+	for (int i = 0; i < j->cold.argc; i++)
+		free(j->cold.argv[i]);
+	for (int i = 0; i < j->pool.argc; i++)
+		free(j->pool.argv[i]);
 	free(j);
 }

@@ -3,8 +3,12 @@
 #ifndef PYEXEC_JAIL_H
 #define PYEXEC_JAIL_H
 
+#include <stdbool.h>
+
+#include "cgroup.h"
 #include "config.h"
 #include "err.h"
+#include "run.h"
 
 /* The descriptor on which the runner writes its ready line and its result frame. */
 #define JAIL_RESULT_FD 3
@@ -12,10 +16,15 @@
 struct jail;
 
 /* Checks that nsjail, the interpreter, the runner and the configs exist, and builds the command.
- * Returns NULL with e filled when something is missing. Free with jail_free. */
-struct jail *jail_new(const struct config *c, struct err *e);
-/* NULL-terminated argv, owned by j. */
-char *const *jail_argv(const struct jail *j);
+ * cg (from cgroup_init) must outlive j. Returns NULL with e filled when something is missing.
+ * Free with jail_free. */
+struct jail *jail_new(const struct config *c, const struct cgroup *cg, struct err *e);
+/* Starts one jail in a cgroup of its own. A jail for the pool imports the preload modules
+ * before it says it is ready; a cold one imports nothing the script does not. */
+struct sandbox *jail_start(struct jail *j, bool for_pool, struct err *e);
+/* After sandbox_run or sandbox_destroy filled r: learns whether the run met its memory limit
+ * and removes its cgroup. */
+void jail_done(struct jail *j, struct run_result *r);
 void jail_free(struct jail *j);
 
 #endif

@@ -46,7 +46,10 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	sigwait(&stop, &sig);
-	log_info("received signal %d, stopping", sig);
+	log_info("received %s: refusing new runs, giving in-flight runs %g s",
+	         sig == SIGTERM ? "SIGTERM" : "SIGINT", cfg.grace);
+	rc = (int)http_shutdown(h);
+	log_info("stopping (%d runs had to be stopped)", rc);
 	http_stop(h);
 	return 0;
 }

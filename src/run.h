@@ -1,6 +1,6 @@
-/* run: one script in one fresh jail. Owns the jail's pipes and process for the whole run: it
- * waits for the runner to say it is ready, hands over the script, collects stdout and the result
- * channel under their caps, enforces the deadline by killing the jail, and reaps it. */
+/* run: one script in one fresh jail. A sandbox is a started nsjail and the parent's ends of its
+ * pipes; whoever holds the pointer owns the process and must end it with sandbox_run or
+ * sandbox_destroy, which kill it if needed, reap it and close every descriptor. */
 #ifndef PYEXEC_RUN_H
 #define PYEXEC_RUN_H
 
@@ -13,16 +13,16 @@ enum run_end {
 	RUN_EXITED,       /* the jail exited by itself */
 	RUN_TIMEOUT,      /* the server killed it at the deadline */
 	RUN_START_FAILED, /* it never became ready (could not start, or too slow) */
+	RUN_CANCELLED,    /* the client went away or the server is stopping */
 };
 
 struct run_spec {
-	char *const *argv; /* nsjail command line */
 	const char *script;
 	size_t script_len;
-	double timeout;       /* seconds, counted from the hand-over */
-	double start_timeout; /* seconds to become ready */
+	double timeout; /* seconds, counted from the hand-over */
 	size_t stdout_max;
-	size_t chan_max; /* bytes of result channel kept after the ready line */
+	size_t chan_max;   /* bytes of result channel kept after the ready line */
+	int cancel_fds[2]; /* -1 or descriptors whose hang-up or readability cancels the run */
 };
 
 struct run_result {
@@ -32,12 +32,37 @@ struct run_result {
 	struct buf out;
 	struct buf chan; /* result channel after the ready line */
 	long exec_ms;    /* from hand-over to end */
+	char tag[32];    /* the sandbox's tag (its cgroup name) */
+	bool memory_hit; /* its cgroup reached the memory limit (set by jail_done) */
 	char diag[512];  /* tail of nsjail's own messages, for the server log only */
 };
 
-/* Runs the spec. Returns -1 only when the server itself could not set the run up (e->message
- * is for the log); otherwise fills r, which the caller releases with run_result_free. */
-int run_script(const struct run_spec *spec, struct run_result *r, struct err *e);
+struct sandbox;
+
+/* Starts nsjail with argv; does not wait for it. tag names it (copied into its run result).
+ * NULL with e filled when it cannot start. */
+struct sandbox *sandbox_start(char *const *argv, const char *tag, struct err *e);
+/* Reads what the jail sent before the hand-over. Returns 1 once the runner said it is ready,
+ * 0 while it is still starting, -1 when it died or misbehaved (then destroy it). */
+int sandbox_check(struct sandbox *sb);
+/* Blocks until ready; returns 0, or -1 on death or when `seconds` pass. */
+int sandbox_wait_ready(struct sandbox *sb, double seconds);
+/* The descriptor to poll for sandbox_check. */
+int sandbox_fd(const struct sandbox *sb);
+/* Monotonic seconds at which it was started. */
+double sandbox_started_at(const struct sandbox *sb);
+/* Seconds from start to ready, or -1 while not ready. */
+double sandbox_start_seconds(const struct sandbox *sb);
+
+/* Hands the script to a ready sandbox, collects its output, enforces the deadline, and ends
+ * the sandbox (consumed: sb is freed). r is released with run_result_free. */
+void sandbox_run(struct sandbox *sb, const struct run_spec *spec, struct run_result *r);
+/* Kills, reaps and frees a sandbox that will not run a script; r may be NULL, else it gets
+ * the start-failure result (diag and exit code) for logging. */
+void sandbox_destroy(struct sandbox *sb, struct run_result *r);
+
 void run_result_free(struct run_result *r);
+
+double run_now(void); /* monotonic seconds */
 
 #endif

@@ -3,9 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Length of the valid UTF-8 sequence at s (at most n bytes), 0 if invalid, -1 if it is a valid
- * prefix that the end of input cut short. */
-static int utf8_seq_len(const unsigned char *s, size_t n)
+int text_utf8_len(const unsigned char *s, size_t n)
 {
 	unsigned char c = s[0];
 	int len;
@@ -51,7 +49,7 @@ char *text_utf8_clean(const char *s, size_t n, bool cut, size_t *out_len)
 	if (!out)
 		return NULL;
 	for (size_t i = 0; i < n;) {
-		int len = utf8_seq_len(u + i, n - i);
+		int len = text_utf8_len(u + i, n - i);
 		if (len > 0) {
 			memcpy(out + o, s + i, (size_t)len);
 			o += (size_t)len;

@@ -10,4 +10,8 @@
  * rather than replaced. NUL bytes are kept. *out_len gets the length; NULL when out of memory. */
 char *text_utf8_clean(const char *s, size_t n, bool cut, size_t *out_len);
 
+/* Length of the valid UTF-8 sequence starting at s (at most n bytes): 1-4, 0 when invalid,
+ * -1 when it is a valid start that the end of input cuts short. */
+int text_utf8_len(const unsigned char *s, size_t n);
+
 #endif

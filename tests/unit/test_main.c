@@ -12,6 +12,7 @@
 #include "buf.h"
 #include "config.h"
 #include "frame.h"
+#include "json_check.h"
 #include "text.h"
 
 static const struct api_limits lim = {
@@ -130,15 +131,12 @@ static void outcome_ok_exact(void **state)
 	assert_int_equal(status, 200);
 	assert_string_equal(body, "{\"result\":{\"answer\":42},\"stdout\":\"hi\\n\"}");
 	free(body);
-	/* Floats pass through as Python wrote them, not re-rounded. */
+	/* Numbers pass through as Python wrote them, not re-rounded nor narrowed. */
 	body =
 	    respond("{\"status\":\"ok\"}\n[0.1,1e400,123456789012345678901234567890]", "", &status);
-	assert_int_equal(status, 422); /* 1e400 overflows: not a number JSON peers can read */
-	free(body);
-	body = respond("{\"status\":\"ok\"}\n[0.1,123456789012345678901234567890]", "", &status);
 	assert_int_equal(status, 200);
-	assert_string_equal(body,
-	                    "{\"result\":[0.1,123456789012345678901234567890],\"stdout\":\"\"}");
+	assert_string_equal(
+	    body, "{\"result\":[0.1,1e400,123456789012345678901234567890],\"stdout\":\"\"}");
 	free(body);
 }
 
@@ -332,6 +330,48 @@ static void frame_header_needs_newline(void **state)
 	free(deep);
 }
 
+static void json_check_grammar(void **state)
+{
+	const char *good[] = {
+	    "1",     "-0.5e+10", "123456789012345678901234567890",      "\"a\\u00e9\\n\"",
+	    "[]",    "{}",       " [1, {\"a\": [true, false, null]}] ", "\"h\xc3\xa9\"",
+	    "1E400",
+	};
+	const char *bad[] = {
+	    "",       "01",    "1.",       ".5",      "+1",        "[1,]",     "{\"a\"}",
+	    "{1: 2}", "[1 2]", "\"\x01\"", "\"\\x\"", "\"\\u12\"", "\"\xff\"", "tru",
+	    "nul",    "NaN",   "Infinity", "1 2",     "[",         "\"abc",
+	};
+	char deep[64];
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++)
+		assert_true(json_check(good[i], strlen(good[i]), 8));
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+		assert_false(json_check(bad[i], strlen(bad[i]), 8));
+	memset(deep, '[', 9);
+	memset(deep + 9, ']', 9);
+	assert_false(json_check(deep, 18, 8));
+	assert_true(json_check(deep + 1, 16, 8));
+	assert_false(json_check("\"a\0b\"", 5, 8)); /* raw NUL inside a string */
+}
+
+static void frame_then_death_not_trusted(void **state)
+{
+	struct job job = {.timeout = 3};
+	struct run_result run;
+	struct response r;
+
+	(void)state;
+	fake_run(&run, "{\"status\":\"ok\"}\n\"forged\"", "", false);
+	run.exit_code = 128 + 9;
+	assert_int_equal(api_outcome_response(&run, &job, &lim, &r), 0);
+	assert_int_equal(r.status, 422);
+	assert_non_null(strstr(r.body, "\"error\":\"killed\""));
+	api_response_free(&r);
+	run_result_free(&run);
+}
+
 static void config_env_and_flags(void **state)
 {
 	struct config c;
@@ -375,6 +415,8 @@ int main(void)
 	    cmocka_unit_test(buf_caps),
 	    cmocka_unit_test(frame_header_needs_newline),
 	    cmocka_unit_test(config_env_and_flags),
+	    cmocka_unit_test(json_check_grammar),
+	    cmocka_unit_test(frame_then_death_not_trusted),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,204 @@
+#include "cgroup.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define V1_MEM "/sys/fs/cgroup/memory"
+#define V1_PIDS "/sys/fs/cgroup/pids"
+#define V2_ROOT "/sys/fs/cgroup"
+
+static int write_file(const char *path, const char *text)
+{
+	int fd = open(path, O_WRONLY | O_CLOEXEC);
+	ssize_t n;
+
+	if (fd < 0)
+		return -1;
+	n = write(fd, text, strlen(text));
+	close(fd);
+	return n == (ssize_t)strlen(text) ? 0 : -1;
+}
+
+static int read_file(const char *path, char *out, size_t n)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	ssize_t len;
+
+	if (fd < 0)
+		return -1;
+	len = read(fd, out, n - 1);
+	close(fd);
+	if (len < 0)
+		return -1;
+	out[len] = '\0';
+	return 0;
+}
+
+static int make_dir(const char *path)
+{
+	return mkdir(path, 0755) == 0 || errno == EEXIST ? 0 : -1;
+}
+
+/* The server's own group in a hierarchy: "N:controller:/path" in /proc/self/cgroup. */
+static void own_path(const char *controller, char *out, size_t n)
+{
+	char text[4096], *line, *save = NULL;
+
+	out[0] = '\0';
+	if (read_file("/proc/self/cgroup", text, sizeof(text)) < 0)
+		return;
+	for (line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+		char *c = strchr(line, ':'), *p = c ? strchr(c + 1, ':') : NULL;
+		if (!p)
+			continue;
+		*p = '\0';
+		if (strcmp(c + 1, controller) == 0 && strcmp(p + 1, "/") != 0) {
+			snprintf(out, n, "%s", p + 1);
+			return;
+		}
+	}
+}
+
+/* <mount><own path>/pyexec when the own path is visible there, else <mount>/pyexec. */
+static int v1_group(const char *mount, const char *controller, char *out, size_t n)
+{
+	char own[PATH_MAX], dir[PATH_MAX];
+	struct stat st;
+
+	own_path(controller, own, sizeof(own));
+	if (snprintf(dir, sizeof(dir), "%s%s", mount, own) >= (int)sizeof(dir) ||
+	    stat(dir, &st) != 0)
+		snprintf(dir, sizeof(dir), "%s", mount);
+	if (snprintf(out, n, "%s/pyexec", dir) >= (int)n)
+		return -1;
+	return make_dir(out);
+}
+
+static bool v1_init(struct cgroup *cg)
+{
+	char path[PATH_MAX + 32];
+	struct stat st;
+
+	if (stat(V1_MEM "/memory.limit_in_bytes", &st) != 0 ||
+	    stat(V1_PIDS "/cgroup.procs", &st) != 0)
+		return false;
+	if (v1_group(V1_MEM, "memory", cg->mem, sizeof(cg->mem)) < 0 ||
+	    v1_group(V1_PIDS, "pids", cg->pids, sizeof(cg->pids)) < 0) {
+		snprintf(cg->why, sizeof(cg->why),
+		         "cgroup v1 is mounted read-only or not delegated");
+		return false;
+	}
+	snprintf(path, sizeof(path), "%s/memory.memsw.limit_in_bytes", cg->mem);
+	cg->memsw = stat(path, &st) == 0;
+	cg->mode = CGROUP_V1;
+	return true;
+}
+
+/* v2: the server moves into <own>/server, and runs live under <own>/runs with the memory and
+ * pids controllers delegated. */
+static bool v2_init(struct cgroup *cg)
+{
+	char own[PATH_MAX], base[PATH_MAX], path[PATH_MAX + 64], pid[32];
+	struct stat st;
+
+	if (stat(V2_ROOT "/cgroup.controllers", &st) != 0)
+		return false;
+	own_path("", own, sizeof(own));
+	if (snprintf(base, sizeof(base), "%s%s", V2_ROOT, own) >= (int)sizeof(base))
+		return false;
+	snprintf(path, sizeof(path), "%s/server", base);
+	snprintf(pid, sizeof(pid), "%d", (int)getpid());
+	if (make_dir(path) < 0)
+		goto denied;
+	snprintf(path, sizeof(path), "%s/server/cgroup.procs", base);
+	if (write_file(path, pid) < 0)
+		goto denied;
+	snprintf(path, sizeof(path), "%s/cgroup.subtree_control", base);
+	if (write_file(path, "+memory +pids") < 0)
+		goto denied;
+	if (snprintf(cg->mem, sizeof(cg->mem), "%s/runs", base) >= (int)sizeof(cg->mem))
+		goto denied;
+	snprintf(path, sizeof(path), "%s/runs/cgroup.subtree_control", base);
+	if (make_dir(cg->mem) < 0 || write_file(path, "+memory +pids") < 0)
+		goto denied;
+	cg->mode = CGROUP_V2;
+	return true;
+denied:
+	snprintf(cg->why, sizeof(cg->why),
+	         "cgroup v2 is not writable or does not delegate memory and pids (%s)",
+	         strerror(errno));
+	return false;
+}
+
+void cgroup_init(struct cgroup *cg)
+{
+	memset(cg, 0, sizeof(*cg));
+	snprintf(cg->why, sizeof(cg->why), "no cgroup hierarchy with memory and pids is mounted");
+	if (!v2_init(cg) && !v1_init(cg))
+		cg->mode = CGROUP_NONE;
+}
+
+const char *cgroup_mode_name(const struct cgroup *cg)
+{
+	return cg->mode == CGROUP_V2 ? "v2" : cg->mode == CGROUP_V1 ? "v1" : "none";
+}
+
+static int run_path(const char *group, const char *name, const char *file, char *out, size_t n)
+{
+	return snprintf(out, n, "%s/%s%s%s", group, name, file ? "/" : "", file ? file : "") <
+	               (int)n
+	           ? 0
+	           : -1;
+}
+
+int cgroup_run_create(const struct cgroup *cg, const char *name)
+{
+	char path[PATH_MAX + 128];
+
+	if (cg->mode == CGROUP_NONE)
+		return 0;
+	if (run_path(cg->mem, name, NULL, path, sizeof(path)) < 0 || make_dir(path) < 0)
+		return -1;
+	if (cg->mode == CGROUP_V2) {
+		/* nsjail makes its own group inside this one and needs the controllers there. */
+		run_path(cg->mem, name, "cgroup.subtree_control", path, sizeof(path));
+		return write_file(path, "+memory +pids");
+	}
+	if (run_path(cg->pids, name, NULL, path, sizeof(path)) < 0 || make_dir(path) < 0)
+		return -1;
+	return 0;
+}
+
+bool cgroup_run_hit_memory(const struct cgroup *cg, const char *name, unsigned long long limit)
+{
+	char path[PATH_MAX + 128], text[1024];
+	const char *key = cg->mode == CGROUP_V2 ? "memory.events"
+	                  : cg->memsw           ? "memory.memsw.max_usage_in_bytes"
+	                                        : "memory.max_usage_in_bytes";
+	const char *oom;
+
+	if (cg->mode == CGROUP_NONE || run_path(cg->mem, name, key, path, sizeof(path)) < 0 ||
+	    read_file(path, text, sizeof(text)) < 0)
+		return false;
+	if (cg->mode == CGROUP_V1) /* within a page or so of the limit */
+		return strtoull(text, NULL, 10) + (1ULL << 20) >= limit;
+	oom = strstr(text, "oom_kill ");
+	return oom && strtoull(oom + 9, NULL, 10) > 0;
+}
+
+void cgroup_run_remove(const struct cgroup *cg, const char *name)
+{
+	char path[PATH_MAX + 128];
+
+	if (cg->mode == CGROUP_NONE)
+		return;
+	if (run_path(cg->mem, name, NULL, path, sizeof(path)) == 0)
+		rmdir(path);
+	if (cg->mode == CGROUP_V1 && run_path(cg->pids, name, NULL, path, sizeof(path)) == 0)
+		rmdir(path);
+}

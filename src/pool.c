@@ -1,0 +1,239 @@
+#include "pool.h"
+
+#include <errno.h>
+#include <math.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include "jail.h"
+#include "log.h"
+#include "metrics.h"
+
+#define POOL_MAX 64
+#define BACKOFF_MAX 30.0
+
+struct pool {
+	pthread_mutex_t mu;
+	pthread_t thread;
+	int wake; /* eventfd: a sandbox was taken, or the pool is stopping */
+	bool stopping;
+	struct jail *jail;
+	unsigned size;
+	double max_age, start_timeout;
+	struct sandbox *sbs[POOL_MAX]; /* NULL: empty slot */
+	bool ready[POOL_MAX];
+	unsigned n_ready;
+	double backoff, retry_at; /* after failed starts, so a broken sandbox is not a spin */
+	struct metrics *m;
+};
+
+static void pool_wake(struct pool *p)
+{
+	uint64_t one = 1;
+
+	(void)!write(p->wake, &one, sizeof(one));
+}
+
+/* Called with the lock held; the sandbox is started outside it. */
+static void pool_fill(struct pool *p)
+{
+	for (unsigned i = 0; i < p->size && !p->stopping; i++) {
+		struct sandbox *sb;
+		struct err e;
+
+		if (p->sbs[i] || run_now() < p->retry_at)
+			continue;
+		pthread_mutex_unlock(&p->mu);
+		sb = jail_start(p->jail, true, &e);
+		pthread_mutex_lock(&p->mu);
+		if (!sb) {
+			log_error("pool: %s", e.message);
+			p->retry_at = run_now() + 1;
+			return;
+		}
+		p->sbs[i] = sb;
+		p->ready[i] = false;
+	}
+}
+
+static void pool_failed_start(struct pool *p, struct run_result *r)
+{
+	p->backoff = p->backoff ? fmin(p->backoff * 2, BACKOFF_MAX) : 0.5;
+	p->retry_at = run_now() + p->backoff;
+	metrics_jail_event(p->m, "failed");
+	log_json("ERROR",
+	         json_pack("{s:i,s:s,s:f}", "exitCode", r->exit_code, "nsjail", r->diag,
+	                   "retryInSeconds", p->backoff),
+	         "pool: a ready jail failed to start");
+}
+
+/* Detaches slot i (lock held) and destroys it without the lock. */
+static void pool_drop(struct pool *p, unsigned i, const char *why)
+{
+	struct sandbox *sb = p->sbs[i];
+	bool was_ready = p->ready[i];
+	struct run_result r;
+
+	p->sbs[i] = NULL;
+	if (was_ready)
+		p->n_ready--;
+	pthread_mutex_unlock(&p->mu);
+	sandbox_destroy(sb, &r);
+	jail_done(p->jail, &r);
+	pthread_mutex_lock(&p->mu);
+	if (!was_ready && strcmp(why, "expired") != 0)
+		pool_failed_start(p, &r);
+	else
+		metrics_jail_event(p->m, why);
+}
+
+static void pool_event(struct pool *p, unsigned i)
+{
+	int rc = sandbox_check(p->sbs[i]);
+
+	if (rc > 0 && !p->ready[i]) {
+		p->ready[i] = true;
+		p->n_ready++;
+		p->backoff = 0;
+		metrics_jail_start(p->m, sandbox_start_seconds(p->sbs[i]));
+	} else if (rc < 0) {
+		pool_drop(p, i, p->ready[i] ? "died" : "failed");
+	}
+}
+
+/* Drops jails that took too long to start or lived too long; returns seconds until the next
+ * such deadline. */
+static double pool_expire(struct pool *p)
+{
+	double next = 1.0;
+
+	for (unsigned i = 0; i < p->size; i++) {
+		if (!p->sbs[i])
+			continue;
+		double limit = p->ready[i] ? p->max_age : p->start_timeout;
+		double left = sandbox_started_at(p->sbs[i]) + limit - run_now();
+		if (left <= 0)
+			pool_drop(p, i, p->ready[i] ? "expired" : "slow");
+		else
+			next = fmin(next, left);
+	}
+	return next;
+}
+
+static void *pool_main(void *arg)
+{
+	struct pool *p = arg;
+
+	pthread_mutex_lock(&p->mu);
+	while (!p->stopping) {
+		struct pollfd pfd[POOL_MAX + 1] = {{.fd = p->wake, .events = POLLIN}};
+		struct sandbox *seen[POOL_MAX];
+		double wait;
+
+		pool_fill(p);
+		wait = pool_expire(p);
+		if (p->retry_at > run_now())
+			wait = fmin(wait, p->retry_at - run_now());
+		for (unsigned i = 0; i < p->size; i++) {
+			seen[i] = p->sbs[i];
+			pfd[i + 1] = (struct pollfd){.fd = seen[i] ? sandbox_fd(seen[i]) : -1,
+			                             .events = POLLIN};
+		}
+		pthread_mutex_unlock(&p->mu);
+		poll(pfd, p->size + 1, (int)ceil(wait * 1000));
+		pthread_mutex_lock(&p->mu);
+		if (pfd[0].revents) {
+			uint64_t n;
+			(void)!read(p->wake, &n, sizeof(n));
+		}
+		/* A slot taken meanwhile belongs to a request now: leave it alone. */
+		for (unsigned i = 0; i < p->size; i++)
+			if (pfd[i + 1].revents && p->sbs[i] && p->sbs[i] == seen[i])
+				pool_event(p, i);
+	}
+	pthread_mutex_unlock(&p->mu);
+	return NULL;
+}
+
+struct pool *pool_new(struct jail *j, unsigned size, double max_age, double start_timeout,
+                      struct metrics *m, struct err *e)
+{
+	struct pool *p = calloc(1, sizeof(*p));
+
+	if (!p || size > POOL_MAX) {
+		free(p);
+		err_set(e, 0, "config", "PYEXEC_POOL must be at most %d", POOL_MAX);
+		return NULL;
+	}
+	p->jail = j;
+	p->size = j ? size : 0;
+	p->max_age = max_age;
+	p->start_timeout = start_timeout;
+	p->m = m;
+	pthread_mutex_init(&p->mu, NULL);
+	p->wake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (p->wake < 0 || pthread_create(&p->thread, NULL, pool_main, p) != 0) {
+		err_set(e, 0, "config", "cannot start the pool: %s", strerror(errno));
+		if (p->wake >= 0)
+			close(p->wake);
+		free(p);
+		return NULL;
+	}
+	return p;
+}
+
+struct sandbox *pool_take(struct pool *p)
+{
+	struct sandbox *sb = NULL;
+	int best = -1;
+
+	pthread_mutex_lock(&p->mu);
+	/* The oldest first: it is the nearest to being retired unused. */
+	for (unsigned i = 0; i < p->size; i++)
+		if (p->sbs[i] && p->ready[i] &&
+		    (best < 0 || sandbox_started_at(p->sbs[i]) < sandbox_started_at(p->sbs[best])))
+			best = (int)i;
+	if (best >= 0) {
+		sb = p->sbs[best];
+		p->sbs[best] = NULL;
+		p->n_ready--;
+		pool_wake(p);
+	}
+	pthread_mutex_unlock(&p->mu);
+	return sb;
+}
+
+unsigned pool_ready(struct pool *p)
+{
+	unsigned n;
+
+	pthread_mutex_lock(&p->mu);
+	n = p->n_ready;
+	pthread_mutex_unlock(&p->mu);
+	return n;
+}
+
+void pool_free(struct pool *p)
+{
+	if (!p)
+		return;
+	pthread_mutex_lock(&p->mu);
+	p->stopping = true;
+	pool_wake(p);
+	pthread_mutex_unlock(&p->mu);
+	pthread_join(p->thread, NULL);
+	for (unsigned i = 0; i < p->size; i++) {
+		struct run_result r;
+		if (!p->sbs[i])
+			continue;
+		sandbox_destroy(p->sbs[i], &r);
+		jail_done(p->jail, &r);
+	}
+	close(p->wake);
+	pthread_mutex_destroy(&p->mu);
+	free(p);
+}

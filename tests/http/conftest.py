@@ -1,0 +1,121 @@
+"""Fixtures for the black-box HTTP tests: start pyexecd on 127.0.0.1 and stop it.
+
+Run from the repo root with Debian's interpreter:
+
+    /usr/bin/python3 -m pytest tests/http
+
+The server binary is $PYEXEC_TEST_BINARY (relative paths are taken from the repo
+root), default build/pyexecd.  nsjail must be on PATH.  The server's output goes
+to a log file in pytest's tmp dir; its tail is attached to every failure report.
+"""
+
+import shutil
+
+import pytest
+
+from pyexec_testlib import Server, binary_path
+
+# The limits of the "small" server: one server shared by every limit test.
+SMALL_ENV = {
+    "PYEXEC_BODY_MAX": "1000",
+    "PYEXEC_STDOUT_MAX": "100",
+    "PYEXEC_RESULT_MAX": "100",
+    "PYEXEC_MAX_TIMEOUT": "5",
+    "PYEXEC_TIMEOUT": "2",
+    "PYEXEC_MEMORY_MB": "256",
+}
+
+_RUNNING = []  # every Server started in this session, for failure reports
+SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:")
+
+
+def _check_prerequisites():
+    binary = binary_path()
+    if not binary.is_file():
+        pytest.exit(f"pyexecd binary not found at {binary} (run `make`, or set "
+                    f"PYEXEC_TEST_BINARY)", returncode=1)
+    if shutil.which("nsjail") is None:
+        pytest.exit("nsjail is not on PATH; the HTTP tests need it", returncode=1)
+
+
+class _Factory:
+    def __init__(self, log_dir):
+        self.log_dir = log_dir
+        self.cache = {}
+        self.fresh = []
+
+    def __call__(self, fresh=False, **env):
+        """Start (or reuse) a server with extra environment variables.
+
+        Servers with the same env are shared within the session unless fresh=True
+        (then the caller owns it and may stop it; it is stopped at the end anyway).
+        """
+        _check_prerequisites()
+        env = {k: str(v) for k, v in env.items()}
+        key = tuple(sorted(env.items()))
+        if not fresh and key in self.cache:
+            srv = self.cache[key]
+            if srv.alive():
+                return srv
+        name = "custom" if env else "default"
+        try:
+            srv = Server(name, env, self.log_dir)
+        except RuntimeError as exc:
+            pytest.fail(str(exc), pytrace=False)
+        _RUNNING.append(srv)
+        if fresh:
+            self.fresh.append(srv)
+        else:
+            self.cache[key] = srv
+        return srv
+
+    def stop_all(self):
+        """Stops every server and returns what went wrong at exit: a sanitizer report (the
+        ASan+UBSan build runs this same suite) or a non-zero exit after SIGTERM."""
+        problems = []
+        for srv in list(self.cache.values()) + self.fresh:
+            srv.stop()
+            if srv in _RUNNING:
+                _RUNNING.remove(srv)
+            text = srv.log_path.read_bytes().decode("utf-8", "replace")
+            for marker in SANITIZER_MARKERS:
+                if marker in text:
+                    at = text.index(marker)
+                    problems.append(f"{srv.log_path}: {text[max(0, at - 200):at + 2000]}")
+            if srv.proc.returncode != 0:
+                problems.append(f"{srv.log_path}: exited {srv.proc.returncode} after SIGTERM")
+        return problems
+
+
+@pytest.fixture(scope="session")
+def server_factory(tmp_path_factory):
+    _check_prerequisites()
+    factory = _Factory(tmp_path_factory.mktemp("pyexecd-logs"))
+    yield factory
+    problems = factory.stop_all()
+    assert not problems, "\n\n".join(problems)
+
+
+@pytest.fixture(scope="session")
+def server(server_factory):
+    """The default-configured server (only the canary environment added)."""
+    return server_factory()
+
+
+@pytest.fixture(scope="session")
+def small_server(server_factory):
+    """A server with small caps: body 1000 B, stdout 100 B, result 100 B,
+    max timeout 5 s, default timeout 2 s, memory 256 MB."""
+    return server_factory(**SMALL_ENV)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.failed and _RUNNING:
+        for srv in _RUNNING:
+            state = "running" if srv.alive() else f"exited {srv.proc.returncode}"
+            rep.sections.append(
+                (f"pyexecd {srv.name} :{srv.port} ({state}) {srv.log_path}",
+                 srv.log_tail()))

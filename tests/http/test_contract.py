@@ -1,0 +1,551 @@
+"""The API contract of DESIGN.md section 1, tested over HTTP."""
+
+import concurrent.futures
+import http.client
+import json
+import math
+import signal
+import time
+
+import pytest
+
+from pyexec_testlib import (
+    assert_json_content_type,
+    assert_traceback_clean,
+    expect_error,
+    expect_ok,
+    expect_result,
+    expect_script_error,
+)
+
+OK_SCRIPT = "def main():\n    return 1\n"
+
+
+# --- health and the happy path ------------------------------------------------
+
+def test_healthz(server):
+    resp = server.get("/healthz")
+    assert resp.status == 200, resp
+
+
+def test_happy_path_exact_body(server):
+    script = "def main():\n    print('hi')\n    return {\"answer\": 42}\n"
+    resp = server.execute(script, timeout=5)
+    assert resp.status == 200, resp
+    assert resp.json() == {"result": {"answer": 42}, "stdout": "hi\n"}
+    expect_ok(resp)  # exact keys, Content-Type, X-Request-Id, X-Execution-Time-Ms
+    assert (resp.header("X-Stdout-Truncated") or "").lower() != "true", resp
+
+
+def test_request_ids_differ(server):
+    ids = {server.execute(OK_SCRIPT).header("X-Request-Id") for _ in range(3)}
+    assert len(ids) == 3 and None not in ids, ids
+
+
+def test_execution_time_header_counts_the_run(server):
+    resp = server.execute("import time\ndef main():\n    time.sleep(0.3)\n    return 1\n")
+    expect_result(resp, 1)
+    assert int(resp.header("X-Execution-Time-Ms")) >= 250, resp
+
+
+def test_print_and_return_kept_apart(server):
+    script = ("def main():\n"
+              "    print('printed-line')\n"
+              "    print('second', 2)\n"
+              "    return 'returned-value'\n")
+    body = expect_result(server.execute(script), "returned-value",
+                         stdout="printed-line\nsecond 2\n")
+    assert "returned-value" not in body["stdout"]
+
+
+def test_stderr_merged_into_stdout_in_order(server):
+    script = ("import sys\n"
+              "def main():\n"
+              "    print('a')\n"
+              "    print('b', file=sys.stderr)\n"
+              "    print('c')\n"
+              "    return 0\n")
+    expect_result(server.execute(script), 0, stdout="a\nb\nc\n")
+
+
+def test_unicode_in_script_stdout_and_result(server):
+    script = ("# coding: utf-8 — ünïcödé comment ✓\n"
+              "def main():\n"
+              "    s = 'héllo ✓ 🐍 世界'\n"
+              "    print(s)\n"
+              "    return {'ключ': '值 🐍', 'list': [s, 'ß']}\n")
+    expect_result(server.execute(script),
+                  {"ключ": "值 🐍", "list": ["héllo ✓ 🐍 世界", "ß"]},
+                  stdout="héllo ✓ 🐍 世界\n")
+
+
+@pytest.mark.parametrize("expr, expected", [
+    ("0", 0),
+    ("False", False),
+    ("True", True),
+    ("''", ""),
+    ("[]", []),
+    ("{}", {}),
+    ("-17", -17),
+    ("0.1", 0.1),
+    ("1e300", 1e300),
+    ("'a\\x00b'", "a\x00b"),
+    ("'quote\" back\\\\slash\\n'", 'quote" back\\slash\n'),
+    ("[1, 'two', 3.5, None, [True, {'k': None}]]", [1, "two", 3.5, None, [True, {"k": None}]]),
+    ("(1, 2)", [1, 2]),
+], ids=["zero", "false", "true", "empty-str", "empty-list", "empty-dict", "negative",
+        "float", "big-float", "nul-in-str", "escapes", "nested", "tuple-as-list"])
+def test_result_json_values(server, expr, expected):
+    expect_result(server.execute(f"def main():\n    return {expr}\n"), expected)
+
+
+@pytest.mark.parametrize("expr, expected", [
+    ("2**70", 2**70),
+    ("-(2**64) - 1", -(2**64) - 1),
+    ("math.factorial(200)", math.factorial(200)),  # 375 digits: more than a double holds
+], ids=["2**70", "below-int64", "factorial-200"])
+def test_result_big_integers_exact(server, expr, expected):
+    # Python's json encodes any int, so the contract's answer is 200 with the exact digits.
+    resp = server.execute(f"import math\ndef main():\n    return {expr}\n")
+    expect_result(resp, expected)
+
+
+def test_numpy_matrix_product(server):
+    script = ("import numpy as np\n"
+              "def main():\n"
+              "    a = np.arange(6).reshape(2, 3)\n"
+              "    b = np.arange(6).reshape(3, 2)\n"
+              "    return (a @ b).tolist()\n")
+    expect_result(server.execute(script), [[10, 13], [28, 40]])
+
+
+def test_pandas_groupby_sum(server):
+    script = ("import pandas as pd\n"
+              "def main():\n"
+              "    df = pd.DataFrame({'k': ['a', 'b', 'a', 'c'], 'v': [1, 2, 3, 4]})\n"
+              "    return {k: int(v) for k, v in df.groupby('k')['v'].sum().to_dict().items()}\n")
+    expect_result(server.execute(script), {"a": 4, "b": 2, "c": 4})
+
+
+def test_cwd_is_empty_tmp(server):
+    script = "import os\ndef main():\n    return [os.getcwd(), sorted(os.listdir('/tmp'))]\n"
+    expect_result(server.execute(script), ["/tmp", []])
+
+
+def test_tmp_is_writable(server):
+    script = ("def main():\n"
+              "    with open('data.txt', 'w') as f:\n"
+              "        f.write('x' * 1000)\n"
+              "    with open('/tmp/data.txt') as f:\n"
+              "        return len(f.read())\n")
+    expect_result(server.execute(script), 1000)
+
+
+def test_name_guard_does_not_run_main_twice(server):
+    script = ("def main():\n"
+              "    print('main ran')\n"
+              "    return __name__\n"
+              "\n"
+              "if __name__ == '__main__':\n"
+              "    main()\n")
+    body = expect_ok(server.execute(script))
+    assert body["stdout"] == "main ran\n", body
+    assert body["result"] != "__main__", body
+
+
+def test_module_level_code_runs_once_before_main(server):
+    script = "print('top')\ndef main():\n    print('main')\n    return 2\n"
+    expect_result(server.execute(script), 2, stdout="top\nmain\n")
+
+
+def test_async_main_is_awaited(server):
+    script = ("import asyncio\n"
+              "async def main():\n"
+              "    await asyncio.sleep(0.01)\n"
+              "    print('awaited')\n"
+              "    return 'async-ok'\n")
+    expect_result(server.execute(script), "async-ok", stdout="awaited\n")
+
+
+def test_crlf_line_endings(server):
+    expect_result(server.execute("def main():\r\n    print('crlf')\r\n    return 4\r\n"), 4,
+                  stdout="crlf\n")
+
+
+def test_big_result_and_big_stdout_together(server):
+    # both pipes carry ~900 kB at once: neither may block the other
+    script = ("import sys\n"
+              "def main():\n"
+              "    sys.stdout.write('o' * 900000)\n"
+              "    return 'r' * 900000\n")
+    resp = server.execute(script, timeout=20)
+    body = expect_ok(resp)
+    assert body["result"] == "r" * 900000
+    assert body["stdout"] == "o" * 900000
+    assert (resp.header("X-Stdout-Truncated") or "").lower() != "true", resp
+
+
+def test_main_with_default_argument_is_callable(server):
+    expect_result(server.execute("def main(x=5):\n    return x\n"), 5)
+
+
+def test_lambda_main(server):
+    expect_result(server.execute("main = lambda: 'lam'\n"), "lam")
+
+
+@pytest.mark.parametrize("timeout", [1, 1.5, 5])
+def test_valid_timeouts_accepted(server, timeout):
+    expect_result(server.execute(OK_SCRIPT, timeout=timeout), 1)
+
+
+# --- request validation -------------------------------------------------------
+
+@pytest.mark.parametrize("body", [
+    b"",
+    b"not json",
+    b"{",
+    b'{"script": "def main(): return 1"',
+    b'{"script": "def main(): return 1",}',
+    b"{'script': 'x'}",
+    b'{"script": "\xff\xfe def main(): return 1"}',
+    b'{"script": "caf\xe9"}',
+], ids=["empty", "garbage", "open-brace", "truncated", "trailing-comma", "single-quotes",
+        "invalid-utf8", "latin1"])
+def test_invalid_json(server, body):
+    expect_error(server.post_json("/execute", body), 400, "invalid_json")
+
+
+@pytest.mark.parametrize("payload", [
+    [],
+    "x",
+    42,
+    None,
+    {},
+    {"script": 1},
+    {"script": None},
+    {"script": ["def main(): return 1"]},
+    {"script": ""},
+    {"script": OK_SCRIPT, "timeout": 0},
+    {"script": OK_SCRIPT, "timeout": -1},
+    {"script": OK_SCRIPT, "timeout": 61},
+    {"script": OK_SCRIPT, "timeout": 1e9},
+    {"script": OK_SCRIPT, "timeout": "5"},
+    {"script": OK_SCRIPT, "timeout": True},
+    {"script": OK_SCRIPT, "timeout": [5]},
+], ids=["list", "string", "number", "null", "no-script", "script-int", "script-null",
+        "script-list", "script-empty", "timeout-0", "timeout-negative", "timeout-over-max",
+        "timeout-huge", "timeout-string", "timeout-bool", "timeout-list"])
+def test_invalid_request(server, payload):
+    expect_error(server.post_json("/execute", payload), 400, "invalid_request")
+
+
+@pytest.mark.parametrize("field", ["scirpt", "timeuot", "stdin"])
+def test_unknown_field_named_in_message(server, field):
+    payload = {"script": OK_SCRIPT, field: "x"} if field != "scirpt" else {"scirpt": OK_SCRIPT}
+    body = expect_error(server.post_json("/execute", payload), 400, "invalid_request")
+    assert field in body["message"], body
+
+
+def test_timeout_over_configured_max(small_server):
+    # small_server: PYEXEC_MAX_TIMEOUT=5
+    expect_error(small_server.execute(OK_SCRIPT, timeout=6), 400, "invalid_request")
+    expect_error(small_server.execute(OK_SCRIPT, timeout=5.5), 400, "invalid_request")
+    expect_result(small_server.execute(OK_SCRIPT, timeout=5), 1)
+
+
+@pytest.mark.parametrize("method, path", [
+    ("GET", "/"),
+    ("GET", "/nope"),
+    ("POST", "/nope"),
+    ("GET", "/execute/extra"),
+    ("GET", "/healthz/x"),
+])
+def test_not_found(server, method, path):
+    headers = {"Content-Type": "application/json"} if method == "POST" else None
+    body = json.dumps({"script": OK_SCRIPT}) if method == "POST" else b""
+    expect_error(server.request(method, path, body=body, headers=headers), 404, "not_found")
+
+
+@pytest.mark.parametrize("method, path, allowed", [
+    ("GET", "/execute", "POST"),
+    ("PUT", "/execute", "POST"),
+    ("DELETE", "/execute", "POST"),
+    ("PATCH", "/execute", "POST"),
+    ("POST", "/healthz", "GET"),
+    ("DELETE", "/healthz", "GET"),
+])
+def test_method_not_allowed(server, method, path, allowed):
+    headers = {"Content-Type": "application/json"}
+    body = json.dumps({"script": OK_SCRIPT}) if method in ("POST", "PUT", "PATCH") else b""
+    resp = server.request(method, path, body=body, headers=headers)
+    expect_error(resp, 405, "method_not_allowed")
+    allow = resp.header("Allow") or ""
+    assert allowed in [m.strip().upper() for m in allow.split(",")], resp
+
+
+@pytest.mark.parametrize("ctype", [
+    None,
+    "text/plain",
+    "application/x-www-form-urlencoded",
+    "multipart/form-data; boundary=xyz",
+    "application/jsonp",
+])
+def test_unsupported_media_type(server, ctype):
+    body = json.dumps({"script": OK_SCRIPT})
+    resp = server.request("POST", "/execute", body=body, headers={"Content-Type": ctype})
+    expect_error(resp, 415, "unsupported_media_type")
+
+
+@pytest.mark.parametrize("ctype", ["application/json", "application/json; charset=utf-8"])
+def test_json_content_types_accepted(server, ctype):
+    resp = server.post_json("/execute", {"script": OK_SCRIPT}, content_type=ctype)
+    expect_result(resp, 1)
+
+
+def test_payload_too_large_small_cap(small_server):
+    # small_server: PYEXEC_BODY_MAX=1000
+    script = "def main():\n    return 1\n" + "#" * 2000 + "\n"
+    expect_error(small_server.execute(script), 413, "payload_too_large")
+    fits = "def main():\n    return 7\n" + "#" * 800 + "\n"
+    expect_result(small_server.execute(fits), 7)
+
+
+def test_payload_too_large_default_cap(server):
+    script = "def main():\n    return 1\n" + "#" * (3 * 1024 * 1024 // 2) + "\n"
+    expect_error(server.execute(script), 413, "payload_too_large")
+    assert server.get("/healthz").status == 200
+
+
+def test_large_body_under_default_cap_accepted(server):
+    script = "def main():\n    return 3\n" + "# padding\n" * 90000  # ~900 kB
+    expect_result(server.execute(script), 3)
+
+
+# --- script-level errors --------------------------------------------------------
+
+def test_syntax_error_names_the_line(server):
+    script = "x = 1\ny = = 2\ndef main():\n    return 1\n"
+    body = expect_script_error(server.execute(script), "syntax_error")
+    assert "line 2" in body["message"], body
+    assert "line 2" in body["traceback"], body
+    assert_traceback_clean(body["traceback"], body)
+    assert body["stdout"] == ""
+
+
+@pytest.mark.parametrize("script", [
+    "x = 1\n",
+    "def mian():\n    return 1\n",
+    "# only a comment\n",
+    "class Main:\n    pass\n",
+], ids=["assignment", "typo", "comment", "class-Main"])
+def test_no_main(server, script):
+    expect_script_error(server.execute(script), "no_main")
+
+
+@pytest.mark.parametrize("script", [
+    "main = 3\n",
+    "main = 'def main(): pass'\n",
+    "def main(x):\n    return x\n",
+    "def main(a, b=1):\n    return a\n",
+], ids=["int", "str", "one-arg", "required-arg"])
+def test_main_not_callable(server, script):
+    expect_script_error(server.execute(script), "main_not_callable")
+
+
+def test_exception_traceback(server):
+    script = ("def helper():\n"
+              "    raise ValueError('boom 123')\n"
+              "\n"
+              "\n"
+              "def main():\n"
+              "    print('before the error')\n"
+              "    return helper()\n")
+    body = expect_script_error(server.execute(script), "exception")
+    assert body["stdout"] == "before the error\n", body
+    tb = body["traceback"]
+    assert_traceback_clean(tb, body)
+    assert 'File "<script>"' in tb, tb
+    assert "line 2" in tb and "line 7" in tb, tb
+    assert "helper" in tb, tb
+    assert "ValueError: boom 123" in tb, tb
+
+
+def test_exception_with_unicode_message(server):
+    script = "def main():\n    raise ValueError('ошибка ✓ 🐍')\n"
+    body = expect_script_error(server.execute(script), "exception")
+    assert "ValueError: ошибка ✓ 🐍" in body["traceback"], body
+
+
+def test_exception_at_module_level(server):
+    script = "print('loading')\nraise KeyError('at import')\ndef main():\n    return 1\n"
+    body = expect_script_error(server.execute(script), "exception")
+    assert body["stdout"] == "loading\n", body
+    assert "line 2" in body["traceback"] and "KeyError" in body["traceback"], body
+    assert_traceback_clean(body["traceback"], body)
+
+
+def test_exception_in_async_main(server):
+    script = "async def main():\n    raise RuntimeError('async boom')\n"
+    body = expect_script_error(server.execute(script), "exception")
+    assert "async boom" in body["traceback"], body
+    assert_traceback_clean(body["traceback"], body)
+
+
+@pytest.mark.parametrize("expr, needle", [
+    ("None", "None"),
+    ("float('nan')", None),
+    ("float('inf')", None),
+    ("[1, float('-inf')]", None),
+    ("{1, 2}", "set"),
+    ("numpy.zeros(3)", "numpy.ndarray"),
+    ("numpy.int64(1)", "int64"),
+    ("{(1, 2): 3}", "tuple"),
+    ("object()", "object"),
+    ("b'bytes'", "bytes"),
+    ("{'k': {1, 2}}", "set"),
+], ids=["none", "nan", "inf", "nested-inf", "set", "ndarray", "int64", "tuple-key",
+        "object", "bytes", "nested-set"])
+def test_result_not_json(server, expr, needle):
+    imp = "import numpy\n" if "numpy" in expr else ""
+    body = expect_script_error(server.execute(f"{imp}def main():\n    return {expr}\n"),
+                               "result_not_json")
+    if needle is not None:
+        assert needle in body["message"], body
+
+
+def test_result_not_json_keeps_stdout(server):
+    body = expect_script_error(server.execute("def main():\n    print('p')\n"),
+                               "result_not_json")
+    assert body["stdout"] == "p\n", body
+
+
+def test_result_too_large_small_cap(small_server):
+    # small_server: PYEXEC_RESULT_MAX=100
+    expect_script_error(small_server.execute("def main():\n    return 'x' * 200\n"),
+                        "result_too_large")
+    expect_result(small_server.execute("def main():\n    return 'y' * 50\n"), "y" * 50)
+
+
+def test_result_too_large_default_cap(server):
+    expect_script_error(server.execute("def main():\n    return 'x' * (2 * 1024 * 1024)\n"),
+                        "result_too_large")
+
+
+def test_timeout_keeps_stdout(server):
+    script = ("import time\n"
+              "def main():\n"
+              "    print('started', flush=True)\n"
+              "    time.sleep(5)\n"
+              "    return 1\n")
+    resp = server.execute(script, timeout=1)
+    body = expect_script_error(resp, "timeout")
+    assert body["stdout"] == "started\n", body
+    assert resp.elapsed < 4, resp
+
+
+def test_fractional_timeout_enforced(server):
+    resp = server.execute("import time\ndef main():\n    time.sleep(3)\n", timeout=0.5)
+    expect_script_error(resp, "timeout")
+    assert resp.elapsed < 2.5, resp
+
+
+def test_default_timeout_applies(small_server):
+    # small_server: PYEXEC_TIMEOUT=2
+    resp = small_server.execute("import time\ndef main():\n    time.sleep(10)\n")
+    expect_script_error(resp, "timeout")
+    assert 1.5 < resp.elapsed < 6, resp
+
+
+@pytest.mark.parametrize("script", [
+    "def main():\n    b = bytearray(8 * 1024 ** 3)\n    return len(b)\n",
+    "def main():\n    x = []\n    while True:\n        x.append(bytearray(10 ** 7))\n",
+    "def main():\n    raise MemoryError()\n",
+], ids=["one-big-alloc", "growing", "raise-memoryerror"])
+def test_memory_limit(small_server, script):
+    # small_server: PYEXEC_MEMORY_MB=256
+    resp = small_server.execute(script, timeout=5)
+    expect_script_error(resp, "memory_limit")
+
+
+def test_memory_within_limit_is_fine(server):
+    # 100 MB, touched, under the default 512 MB
+    script = "def main():\n    b = bytearray(100 * 1024 * 1024)\n    b[::4096] = b'x' * len(b[::4096])\n    return len(b)\n"
+    expect_result(server.execute(script), 100 * 1024 * 1024)
+
+
+@pytest.mark.parametrize("script", [
+    "import os\ndef main():\n    print('dying', flush=True)\n    os.kill(os.getpid(), 9)\n    return 1\n",
+    "import ctypes\ndef main():\n    return ctypes.string_at(0)\n",
+    "import os\ndef main():\n    os.abort()\n",
+], ids=["sigkill", "null-deref", "abort"])
+def test_killed_by_signal(server, script):
+    body = expect_script_error(server.execute(script, timeout=5), "killed")
+    if "dying" in script:
+        assert body["stdout"] == "dying\n", body
+
+
+def test_stdout_truncated_small_cap(small_server):
+    # small_server: PYEXEC_STDOUT_MAX=100
+    resp = small_server.execute("def main():\n    print('0123456789' * 100)\n    return 'r'\n")
+    body = expect_ok(resp)
+    assert body["result"] == "r"
+    assert resp.header("X-Stdout-Truncated") == "true", resp
+    assert body["stdout"] == "0123456789" * 10, body
+
+
+def test_stdout_truncation_never_splits_utf8(small_server):
+    # 1 + 2*100 bytes; the cap of 100 falls in the middle of an 'é'
+    resp = small_server.execute("def main():\n    print('a' + 'é' * 100)\n    return 1\n")
+    body = expect_ok(resp)
+    assert resp.header("X-Stdout-Truncated") == "true", resp
+    out = body["stdout"]
+    assert "\ufffd" not in out, body
+    assert out == "a" + "é" * 49, body
+
+
+def test_stdout_under_cap_not_truncated(small_server):
+    resp = small_server.execute("def main():\n    print('short')\n    return 1\n")
+    expect_result(resp, 1, stdout="short\n")
+    assert (resp.header("X-Stdout-Truncated") or "").lower() != "true", resp
+
+
+def test_error_answers_are_json(server):
+    resp = server.get("/nope")
+    assert_json_content_type(resp)
+    assert set(resp.json()) >= {"error", "message"}
+
+
+def test_sigterm_stops_server(server_factory):
+    srv = server_factory(fresh=True, PYEXEC_TIMEOUT="3")
+    expect_result(srv.execute(OK_SCRIPT), 1)
+    srv.proc.send_signal(signal.SIGTERM)
+    start = time.monotonic()
+    while srv.proc.poll() is None and time.monotonic() - start < 10:
+        time.sleep(0.05)
+    assert srv.proc.poll() is not None, "pyexecd did not exit within 10 s of SIGTERM"
+
+
+def test_sigterm_drains_in_flight_run(server_factory):
+    srv = server_factory(fresh=True)
+    script = "import time\ndef main():\n    time.sleep(1.5)\n    return 'finished'\n"
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        fut = pool.submit(srv.execute, script, 10)
+        time.sleep(0.5)  # the run is under way
+        srv.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+        try:
+            late = srv.execute(OK_SCRIPT, http_timeout=10)
+        except ConnectionRefusedError:
+            late = None  # the listener is already closed: also "no new runs"
+        except (ConnectionResetError, http.client.RemoteDisconnected) as exc:
+            pytest.fail(f"a request sent during shutdown was dropped ({exc!r}) instead of "
+                        f"answered 503 shutting_down")
+        in_flight = fut.result()
+        if late is not None:
+            expect_error(late, 503, "shutting_down")
+    # the run that was under way is answered, not dropped
+    if in_flight.status == 200:
+        expect_result(in_flight, "finished")
+    else:
+        expect_error(in_flight, 503, "shutting_down")
+    srv.proc.wait(15)
