@@ -1,6 +1,6 @@
 """pyexec runner: the only Python we write. It runs inside the jail, as nobody.
 
-    python3 -I -u runner.py RESULT_FD RESULT_MAX PRELOAD
+    python3 -I -u runner.py RESULT_FD STATUS_FD RESULT_MAX PRELOAD
 
 Protocol with pyexecd (see docs/security.md):
 1. Imports the PRELOAD modules (comma-separated, may be empty), writes "READY\\n" on
@@ -10,6 +10,10 @@ Protocol with pyexecd (see docs/security.md):
 3. Writes one frame on RESULT_FD: a header line, {"status": "ok"} followed by the result's JSON,
    or {"status": "error", "error": CODE, "message": TEXT, "traceback": TEXT}.
 What the script prints (stdout and stderr) goes to fd 1 and nowhere else.
+4. The jail's first process (the pid namespace's init) never runs user code: once the script's
+   process is gone it writes that process's exit status ("<code>\n", 128 + signal when killed)
+   on STATUS_FD, a descriptor the script's process never holds. pyexecd trusts a frame only
+   with a status of 0, and answers without waiting for the rest of the jail to go.
 """
 
 import gc
@@ -271,23 +275,35 @@ def run(result_fd, result_max):
     return b'{"status":"ok"}\n' + encode_result(value, result_max)
 
 
-def become_init():
+def become_init(status_fd):
     """Splits off the process that runs the script. The jail's first process is the pid
     namespace's init: the kernel drops signals it has no handler for, and every other process
-    dies with it. So it only reaps, and leaves with the script's status once the script's
-    process is gone; a script then sees ordinary signal behaviour."""
+    dies with it. So it only reaps, reports how the script's process ended on status_fd, and
+    leaves; a script then sees ordinary signal behaviour and cannot reach status_fd."""
     child = os.fork()
     if child == 0:
+        os.close(status_fd)
         return
-    os.closerange(0, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    os.closerange(0, status_fd)
+    os.closerange(status_fd + 1, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    try:  # not dumpable: the script cannot open /proc/1/fd/* nor /proc/1/mem
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE
+    except Exception:
+        os._exit(70)  # never run without this protection
     while True:
         try:
             pid, status = os.waitpid(-1, 0)
         except ChildProcessError:
-            os._exit(0)
+            os._exit(70)
         if pid == child:
             code = os.waitstatus_to_exitcode(status)
-            os._exit(128 - code if code < 0 else code)
+            code = 128 - code if code < 0 else code
+            try:
+                os.write(status_fd, b"%d\n" % code)
+            finally:
+                os._exit(code)
 
 
 def preload(names):
@@ -301,10 +317,11 @@ def preload(names):
 
 
 def start():
-    result_fd = int(sys.argv[1])
-    result_max = int(sys.argv[2])
-    become_init()
-    preload(sys.argv[3] if len(sys.argv) > 3 else "")
+    result_fd, status_fd, result_max = (int(a) for a in sys.argv[1:4])
+    # Imported before the split, the preloaded modules' pages are shared with the init, so
+    # the script's process has less of its own to free when it exits.
+    preload(sys.argv[4] if len(sys.argv) > 4 else "")
+    become_init(status_fd)
     result_fd = hide_result_fd(result_fd)
     write_all(result_fd, b"READY\n")
     pid = os.getpid()

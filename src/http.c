@@ -32,7 +32,8 @@ struct http {
 	char jail_problem[512];
 	bool probe_ok;
 	atomic_bool shutting_down;
-	int stop_fd; /* eventfd, readable once in-flight runs must stop */
+	atomic_uint answering; /* /execute requests whose answer is not yet sent */
+	int stop_fd;           /* eventfd, readable once in-flight runs must stop */
 	struct api_limits lim;
 	struct pool *pool;
 	struct admit *admit;
@@ -41,6 +42,8 @@ struct http {
 
 struct request {
 	struct buf body;
+	struct http *h;
+	bool counted; /* in h->answering */
 	char id[65];
 	double t0;
 };
@@ -167,6 +170,8 @@ static long run_job(struct http *h, const struct job *job, int client_fd, struct
 	    .stdout_max = c->stdout_max,
 	    .chan_max = c->result_max + FRAME_HEADER_MAX,
 	    .cancel_fds = {client_fd, h->stop_fd},
+	    .reaped = jail_reaped,
+	    .reaped_ctx = h->jail,
 	};
 	struct sandbox *sb = sandbox_get(h, rid);
 	struct run_result run;
@@ -361,6 +366,9 @@ static enum MHD_Result route(struct http *h, struct MHD_Connection *conn, const 
 	if (strcmp(method, "POST") != 0)
 		return respond_error(conn, method, url, rq, 405, "method_not_allowed",
 		                     "Use POST for /execute.", (struct header){"Allow", "POST"});
+	/* Counted until its answer is sent, so a shutdown does not cut it off. */
+	atomic_fetch_add(&h->answering, 1);
+	rq->counted = true;
 	if (atomic_load(&h->shutting_down))
 		return refuse(h, conn, url, rq, ADMIT_STOPPING);
 	ct = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Type");
@@ -390,6 +398,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 		if (!rq)
 			return MHD_NO;
 		buf_init(&rq->body, h->cfg->body_max + 1);
+		rq->h = h;
 		rq->t0 = run_now();
 		request_id(conn, rq->id);
 		*state = rq;
@@ -414,6 +423,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **state,
 	(void)cls, (void)conn, (void)toe;
 	if (!rq)
 		return;
+	if (rq->counted)
+		atomic_fetch_sub(&rq->h->answering, 1);
 	buf_free(&rq->body);
 	free(rq);
 	*state = NULL;
@@ -529,6 +540,7 @@ struct http *http_start(const struct config *c, struct err *e)
 
 unsigned http_shutdown(struct http *h)
 {
+	double end = run_now() + h->cfg->grace + STOP_DRAIN_SECONDS;
 	uint64_t one = 1;
 	unsigned left;
 
@@ -539,11 +551,15 @@ unsigned http_shutdown(struct http *h)
 		(void)!write(h->stop_fd, &one, sizeof(one));
 		admit_drain(h->admit, STOP_DRAIN_SECONDS);
 	}
+	/* Answers already decided still go out. */
+	while (atomic_load(&h->answering) && run_now() < end)
+		usleep(10000);
 	return left;
 }
 
 void http_stop(struct http *h)
 {
 	MHD_stop_daemon(h->daemon);
+	sandbox_reaper_drain(STOP_DRAIN_SECONDS);
 	http_free(h);
 }

@@ -108,6 +108,7 @@ static int jail_build(struct args *a, const struct jail *j, const struct config 
 	rc |= jail_add(a, "--rlimit_nofile=%lu", c->max_files);
 	rc |= jail_add(a, "--rlimit_nproc=%lu", c->max_procs);
 	rc |= jail_add(a, "--pass_fd=%d", JAIL_RESULT_FD);
+	rc |= jail_add(a, "--pass_fd=%d", JAIL_STATUS_FD);
 	rc |= jail_add(a, "--bindmount_ro=%s", py);
 	rc |= jail_add(a, "--bindmount_ro=%s", lib);
 	rc |= jail_add(a, "--bindmount_ro=%s:/pyexec/runner.py", c->runner);
@@ -121,6 +122,7 @@ static int jail_build(struct args *a, const struct jail *j, const struct config 
 	rc |= jail_add(a, "-u");
 	rc |= jail_add(a, "/pyexec/runner.py");
 	rc |= jail_add(a, "%d", JAIL_RESULT_FD);
+	rc |= jail_add(a, "%d", JAIL_STATUS_FD);
 	rc |= jail_add(a, "%lu", c->result_max);
 	rc |= jail_add(a, "%s", for_pool ? c->preload : "");
 	return rc ? -1 : 0;
@@ -193,9 +195,14 @@ struct sandbox *jail_start(struct jail *j, bool for_pool, struct err *e)
 	return sb;
 }
 
+void jail_reaped(void *jail, struct run_result *r)
+{
+	jail_done(jail, r);
+}
+
 void jail_done(struct jail *j, struct run_result *r)
 {
-	if (j->cg->mode == CGROUP_NONE || !r->tag[0])
+	if (j->cg->mode == CGROUP_NONE || !r->tag[0] || r->reaped_later)
 		return;
 	r->memory_hit = cgroup_run_hit_memory(j->cg, r->tag, j->mem_bytes);
 	cgroup_run_remove(j->cg, r->tag);

@@ -12,6 +12,9 @@
 
 /* The descriptor on which the runner writes its ready line and its result frame. */
 #define JAIL_RESULT_FD 3
+/* The descriptor on which the jail's init, which runs no user code, writes the script
+ * process's exit status once it is gone. */
+#define JAIL_STATUS_FD 4
 
 struct jail;
 
@@ -25,6 +28,8 @@ struct sandbox *jail_start(struct jail *j, bool for_pool, struct err *e);
 /* After sandbox_run or sandbox_destroy filled r: learns whether the run met its memory limit
  * and removes its cgroup. */
 void jail_done(struct jail *j, struct run_result *r);
+/* The same, as a run_spec.reaped callback (jail is a struct jail *). */
+void jail_reaped(void *jail, struct run_result *r);
 void jail_free(struct jail *j);
 
 #endif

@@ -204,6 +204,14 @@ struct sandbox *pool_take(struct pool *p)
 		pool_wake(p);
 	}
 	pthread_mutex_unlock(&p->mu);
+	/* One that died a moment ago is not handed a script: end it and try the next. */
+	if (sb && !sandbox_alive(sb)) {
+		struct run_result r;
+		sandbox_destroy(sb, &r);
+		jail_done(p->jail, &r);
+		metrics_jail_event(p->m, "died");
+		return pool_take(p);
+	}
 	return sb;
 }
 

@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <math.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,9 +21,9 @@
 
 struct sandbox {
 	pid_t pid;
-	int in, out, err, chan; /* the parent's ends; -1 once closed */
-	struct buf ready;       /* result-channel bytes before the hand-over */
-	struct buf diag;        /* nsjail's own messages */
+	int in, out, err, chan, status; /* the parent's ends; -1 once closed */
+	struct buf ready;               /* result-channel bytes before the hand-over */
+	struct buf diag;                /* nsjail's own messages */
 	bool is_ready;
 	double started_at, ready_at;
 	char tag[32];
@@ -36,6 +37,9 @@ struct io {
 	size_t in_off;
 	bool killed;
 	double deadline;
+	char status[16]; /* the init's line: the script process's exit code */
+	size_t status_len;
+	int init_status; /* -1 until the line is complete */
 };
 
 double run_now(void)
@@ -63,6 +67,7 @@ static int pipe_pair(int p[2], int parent_end)
 static void sandbox_free(struct sandbox *sb)
 {
 	close_fd(&sb->in), close_fd(&sb->out), close_fd(&sb->err), close_fd(&sb->chan);
+	close_fd(&sb->status);
 	buf_free(&sb->ready);
 	buf_free(&sb->diag);
 	free(sb);
@@ -70,28 +75,36 @@ static void sandbox_free(struct sandbox *sb)
 
 struct sandbox *sandbox_start(char *const *argv, const char *tag, struct err *e)
 {
-	int in[2] = {-1, -1}, out[2] = {-1, -1}, errp[2] = {-1, -1}, chan[2] = {-1, -1};
+	/* The child's descriptors 0-4: stdin, stdout, stderr, result channel, init status. */
+	const int parent_end[SPAWN_FDS] = {1, 0, 0, 0, 0};
+	int p[SPAWN_FDS][2], child[SPAWN_FDS], *mine[SPAWN_FDS];
 	struct sandbox *sb = calloc(1, sizeof(*sb));
+	int i;
 
 	if (!sb) {
 		err_set(e, 500, "internal", "out of memory");
 		return NULL;
 	}
-	sb->in = sb->out = sb->err = sb->chan = -1;
+	mine[0] = &sb->in, mine[1] = &sb->out, mine[2] = &sb->err, mine[3] = &sb->chan;
+	mine[4] = &sb->status;
 	snprintf(sb->tag, sizeof(sb->tag), "%s", tag);
 	buf_init(&sb->ready, strlen(READY_LINE));
 	buf_init(&sb->diag, DIAG_MAX);
 	sb->started_at = run_now();
-	if (pipe_pair(in, 1) < 0 || pipe_pair(out, 0) < 0 || pipe_pair(errp, 0) < 0 ||
-	    pipe_pair(chan, 0) < 0) {
+	sb->pid = -1;
+	for (i = 0; i < SPAWN_FDS; i++)
+		p[i][0] = p[i][1] = *mine[i] = -1;
+	for (i = 0; i < SPAWN_FDS && pipe_pair(p[i], parent_end[i]) == 0; i++)
+		child[i] = p[i][!parent_end[i]];
+	if (i < SPAWN_FDS)
 		err_set(e, 500, "internal", "cannot create pipes: %s", strerror(errno));
-		sb->pid = -1;
-	} else {
-		sb->pid = spawn_process(argv, (int[4]){in[0], out[1], errp[1], chan[1]}, e);
-	}
+	else
+		sb->pid = spawn_process(argv, child, e);
 	/* The child's ends are the child's alone now. */
-	close_fd(&in[0]), close_fd(&out[1]), close_fd(&errp[1]), close_fd(&chan[1]);
-	sb->in = in[1], sb->out = out[0], sb->err = errp[0], sb->chan = chan[0];
+	for (i = 0; i < SPAWN_FDS; i++) {
+		close_fd(&p[i][!parent_end[i]]);
+		*mine[i] = p[i][parent_end[i]];
+	}
 	if (sb->pid < 0) {
 		sandbox_free(sb);
 		return NULL;
@@ -167,6 +180,19 @@ int sandbox_check(struct sandbox *sb)
 	return 1;
 }
 
+bool sandbox_alive(struct sandbox *sb)
+{
+	struct pollfd p = {.fd = sb->chan, .events = POLLIN};
+	siginfo_t si = {0};
+
+	/* WNOWAIT: look without reaping; the owner still reaps it. */
+	if (waitid(P_PID, (id_t)sb->pid, &si, WEXITED | WNOHANG | WNOWAIT) == 0 && si.si_pid)
+		return false;
+	if (poll(&p, 1, 0) > 0 && sandbox_check(sb) < 0)
+		return false;
+	return true;
+}
+
 int sandbox_wait_ready(struct sandbox *sb, double seconds)
 {
 	double deadline = run_now() + seconds;
@@ -184,6 +210,28 @@ int sandbox_wait_ready(struct sandbox *sb, double seconds)
 		if (rc != 0)
 			return rc > 0 ? 0 : -1;
 	}
+}
+
+/* The init writes one line, "<exit code>\n", once the script's process is gone. */
+static int read_status(struct io *io)
+{
+	ssize_t n = read(io->sb->status, io->status + io->status_len,
+	                 sizeof(io->status) - 1 - io->status_len);
+	char *end;
+	long code;
+
+	if (n < 0)
+		return errno == EAGAIN || errno == EINTR ? 0 : 1;
+	if (n == 0)
+		return 1;
+	io->status_len += (size_t)n;
+	io->status[io->status_len] = '\0';
+	if (!memchr(io->status, '\n', io->status_len))
+		return io->status_len == sizeof(io->status) - 1; /* no line: give up on it */
+	code = strtol(io->status, &end, 10);
+	if (end != io->status && *end == '\n' && code >= 0 && code < 256)
+		io->init_status = (int)code;
+	return 1;
 }
 
 /* Reads what is there; returns 1 at EOF. */
@@ -227,10 +275,11 @@ static void kill_jail(struct io *io, enum run_end why)
 static void poll_once(struct io *io)
 {
 	struct sandbox *sb = io->sb;
-	struct pollfd pfd[6] = {
+	struct pollfd pfd[7] = {
 	    {.fd = sb->out, .events = POLLIN},
 	    {.fd = sb->err, .events = POLLIN},
 	    {.fd = sb->chan, .events = POLLIN},
+	    {.fd = sb->status, .events = POLLIN},
 	    {.fd = sb->in, .events = POLLOUT},
 	    /* Once killed, only the drain matters. */
 	    {.fd = io->killed ? -1 : io->spec->cancel_fds[0], .events = POLLIN | POLLRDHUP},
@@ -239,19 +288,39 @@ static void poll_once(struct io *io)
 	int *fds[3] = {&sb->out, &sb->err, &sb->chan};
 	double left = io->deadline - run_now();
 
-	if (poll(pfd, 6, left > 0 ? (int)ceil(left * 1000) : 0) < 0)
+	if (poll(pfd, 7, left > 0 ? (int)ceil(left * 1000) : 0) < 0)
 		return;
 	for (int i = 0; i < 3; i++)
 		if (pfd[i].revents && read_some(io, *fds[i]))
 			close_fd(fds[i]);
-	if (pfd[3].revents && sb->in >= 0)
+	if (pfd[3].revents && read_status(io))
+		close_fd(&sb->status);
+	if (pfd[4].revents && sb->in >= 0)
 		write_script(io);
 	/* A client socket cancels on hang-up only (readable may be a pipelined request); the
 	 * stop descriptor cancels once readable. */
-	if (pfd[4].revents & (POLLRDHUP | POLLHUP | POLLERR))
+	if (pfd[5].revents & (POLLRDHUP | POLLHUP | POLLERR))
 		kill_jail(io, RUN_CANCELLED);
-	else if (pfd[5].revents)
+	else if (pfd[6].revents)
 		kill_jail(io, RUN_CANCELLED);
+}
+
+/* After the init's status line every write of the script's process is done: take what is
+ * in the pipes without waiting for the rest of the jail to go. */
+static void drain(struct io *io)
+{
+	int *fds[3] = {&io->sb->out, &io->sb->err, &io->sb->chan};
+
+	for (int i = 0; i < 3; i++) {
+		int rc = 0;
+		while (*fds[i] >= 0 && (rc = read_some(io, *fds[i])) == 0) {
+			struct pollfd p = {.fd = *fds[i], .events = POLLIN};
+			if (poll(&p, 1, 0) <= 0)
+				break;
+		}
+		if (*fds[i] >= 0 && rc == 1)
+			close_fd(fds[i]);
+	}
 }
 
 /* All pipes are closed or given up on; make sure nsjail is gone and collect its status. */
@@ -289,9 +358,97 @@ static void sandbox_end(struct sandbox *sb, struct run_result *r)
 	sandbox_free(sb);
 }
 
+/* Jails whose script finished cleanly are reaped here, after their answer went out: the
+ * kernel's teardown of a jail takes milliseconds that no request needs to wait for. */
+struct reap_job {
+	pid_t pid;
+	char tag[32];
+	void (*done)(void *ctx, struct run_result *r);
+	void *ctx;
+	struct reap_job *next;
+};
+
+static pthread_mutex_t reap_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t reap_cv = PTHREAD_COND_INITIALIZER;
+static struct reap_job *reap_queue;
+static unsigned reap_pending;
+static bool reap_started;
+
+static void *reaper_main(void *arg)
+{
+	(void)arg;
+	pthread_mutex_lock(&reap_mu);
+	for (;;) {
+		while (!reap_queue)
+			pthread_cond_wait(&reap_cv, &reap_mu);
+		struct reap_job *job = reap_queue;
+		struct run_result r;
+		reap_queue = job->next;
+		pthread_mutex_unlock(&reap_mu);
+		memset(&r, 0, sizeof(r));
+		r.exit_code = reap(job->pid);
+		memcpy(r.tag, job->tag, sizeof(r.tag));
+		if (job->done)
+			job->done(job->ctx, &r);
+		free(job);
+		pthread_mutex_lock(&reap_mu);
+		reap_pending--;
+		pthread_cond_broadcast(&reap_cv);
+	}
+	return NULL;
+}
+
+/* Hands the sandbox's process to the reaper; false when it must be reaped here instead. */
+static bool reap_later(struct sandbox *sb, const struct run_spec *s)
+{
+	struct reap_job *job = calloc(1, sizeof(*job));
+	pthread_t t;
+	bool ok = true;
+
+	if (!job)
+		return false;
+	job->pid = sb->pid;
+	memcpy(job->tag, sb->tag, sizeof(job->tag));
+	job->done = s->reaped;
+	job->ctx = s->reaped_ctx;
+	pthread_mutex_lock(&reap_mu);
+	if (!reap_started) {
+		ok = pthread_create(&t, NULL, reaper_main, NULL) == 0;
+		if (ok)
+			pthread_detach(t);
+		reap_started = ok;
+	}
+	if (ok) {
+		job->next = reap_queue;
+		reap_queue = job;
+		reap_pending++;
+		pthread_cond_broadcast(&reap_cv);
+	}
+	pthread_mutex_unlock(&reap_mu);
+	if (!ok)
+		free(job);
+	return ok;
+}
+
+void sandbox_reaper_drain(double seconds)
+{
+	double end = run_now() + seconds;
+
+	pthread_mutex_lock(&reap_mu);
+	while (reap_pending && run_now() < end) {
+		struct timespec ts;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_nsec += 20 * 1000000L;
+		ts.tv_sec += ts.tv_nsec / 1000000000L;
+		ts.tv_nsec %= 1000000000L;
+		pthread_cond_timedwait(&reap_cv, &reap_mu, &ts);
+	}
+	pthread_mutex_unlock(&reap_mu);
+}
+
 void sandbox_run(struct sandbox *sb, const struct run_spec *s, struct run_result *r)
 {
-	struct io io = {.sb = sb, .spec = s, .r = r};
+	struct io io = {.sb = sb, .spec = s, .r = r, .init_status = -1};
 	double handover = run_now();
 
 	memset(r, 0, sizeof(*r));
@@ -300,7 +457,9 @@ void sandbox_run(struct sandbox *sb, const struct run_spec *s, struct run_result
 	r->ready = true;
 	r->end = RUN_EXITED;
 	io.deadline = handover + s->timeout;
-	while (sb->out >= 0 || sb->err >= 0 || sb->chan >= 0) {
+	while (sb->out >= 0 || sb->err >= 0 || sb->chan >= 0 || sb->status >= 0) {
+		if (io.init_status >= 0 && !io.killed)
+			break; /* the script's process is gone */
 		if (run_now() < io.deadline)
 			poll_once(&io);
 		else if (!io.killed)
@@ -308,9 +467,21 @@ void sandbox_run(struct sandbox *sb, const struct run_spec *s, struct run_result
 		else
 			break; /* something outside the jail holds a pipe: give up on it */
 	}
+	drain(&io);
 	r->exec_ms = (long)((run_now() - handover) * 1000);
+	if (io.init_status == 0 && !io.killed && reap_later(sb, s)) {
+		r->exit_code = 0;
+		memcpy(r->tag, sb->tag, sizeof(r->tag));
+		r->reaped_later = true;
+		sb->pid = -1;
+		sandbox_free(sb);
+		return;
+	}
 	kill(sb->pid, SIGKILL); /* the init may linger after closing its pipes */
 	sandbox_end(sb, r);
+	/* The init saw how the script's process ended; nsjail only how the init did. */
+	if (io.init_status >= 0 && !io.killed)
+		r->exit_code = io.init_status;
 }
 
 void sandbox_destroy(struct sandbox *sb, struct run_result *r)

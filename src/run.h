@@ -16,6 +16,8 @@ enum run_end {
 	RUN_CANCELLED,    /* the client went away or the server is stopping */
 };
 
+struct run_result;
+
 struct run_spec {
 	const char *script;
 	size_t script_len;
@@ -23,6 +25,9 @@ struct run_spec {
 	size_t stdout_max;
 	size_t chan_max;   /* bytes of result channel kept after the ready line */
 	int cancel_fds[2]; /* -1 or descriptors whose hang-up or readability cancels the run */
+	/* Called from the reaper thread once a cleanly finished jail is gone (r has the tag). */
+	void (*reaped)(void *ctx, struct run_result *r);
+	void *reaped_ctx;
 };
 
 struct run_result {
@@ -30,11 +35,12 @@ struct run_result {
 	bool ready;
 	int exit_code; /* nsjail's: the script's code, or 128 + signal */
 	struct buf out;
-	struct buf chan; /* result channel after the ready line */
-	long exec_ms;    /* from hand-over to end */
-	char tag[32];    /* the sandbox's tag (its cgroup name) */
-	bool memory_hit; /* its cgroup reached the memory limit (set by jail_done) */
-	char diag[512];  /* tail of nsjail's own messages, for the server log only */
+	struct buf chan;   /* result channel after the ready line */
+	long exec_ms;      /* from hand-over to end */
+	char tag[32];      /* the sandbox's tag (its cgroup name) */
+	bool memory_hit;   /* its cgroup reached the memory limit (set by jail_done) */
+	bool reaped_later; /* the jail is still going away: spec->reaped will see it */
+	char diag[512];    /* tail of nsjail's own messages, for the server log only */
 };
 
 struct sandbox;
@@ -45,6 +51,8 @@ struct sandbox *sandbox_start(char *const *argv, const char *tag, struct err *e)
 /* Reads what the jail sent before the hand-over. Returns 1 once the runner said it is ready,
  * 0 while it is still starting, -1 when it died or misbehaved (then destroy it). */
 int sandbox_check(struct sandbox *sb);
+/* False when the sandbox's nsjail has exited or its result channel says it died. */
+bool sandbox_alive(struct sandbox *sb);
 /* Blocks until ready; returns 0, or -1 on death or when `seconds` pass. */
 int sandbox_wait_ready(struct sandbox *sb, double seconds);
 /* The descriptor to poll for sandbox_check. */
@@ -55,8 +63,12 @@ double sandbox_started_at(const struct sandbox *sb);
 double sandbox_start_seconds(const struct sandbox *sb);
 
 /* Hands the script to a ready sandbox, collects its output, enforces the deadline, and ends
- * the sandbox (consumed: sb is freed). r is released with run_result_free. */
+ * the sandbox (consumed: sb is freed). It returns as soon as the jail's init reports that the
+ * script's process is gone; when that process exited 0 the rest of the jail is reaped in the
+ * background (r->reaped_later). r is released with run_result_free. */
 void sandbox_run(struct sandbox *sb, const struct run_spec *spec, struct run_result *r);
+/* Waits up to `seconds` for the reaper to finish the jails handed to it. */
+void sandbox_reaper_drain(double seconds);
 /* Kills, reaps and frees a sandbox that will not run a script; r may be NULL, else it gets
  * the start-failure result (diag and exit code) for logging. */
 void sandbox_destroy(struct sandbox *sb, struct run_result *r);

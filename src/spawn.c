@@ -6,22 +6,26 @@
 
 static char *const empty_env[] = {NULL};
 
-pid_t spawn_process(char *const argv[], const int fds[4], struct err *e)
+pid_t spawn_process(char *const argv[], const int fds[SPAWN_FDS], struct err *e)
 {
 	posix_spawn_file_actions_t fa;
 	posix_spawnattr_t attr;
 	sigset_t none, all;
 	pid_t pid = -1;
-	int rc = 0;
+	int rc = 0, base = SPAWN_FDS;
 
 	sigemptyset(&none);
 	sigfillset(&all);
 	posix_spawn_file_actions_init(&fa);
 	posix_spawnattr_init(&attr);
-	/* Sources are pipe ends numbered 3 and up, so no dup2 below clobbers a later source. */
-	for (int i = 0; i < 4; i++)
-		rc = rc ? rc : posix_spawn_file_actions_adddup2(&fa, fds[i], i);
-	rc = rc ? rc : posix_spawn_file_actions_addclosefrom_np(&fa, 4);
+	/* Sources are first copied above every source, so no dup2 clobbers a later source. */
+	for (int i = 0; i < SPAWN_FDS; i++)
+		base = fds[i] >= base ? fds[i] + 1 : base;
+	for (int i = 0; i < SPAWN_FDS; i++)
+		rc = rc ? rc : posix_spawn_file_actions_adddup2(&fa, fds[i], base + i);
+	for (int i = 0; i < SPAWN_FDS; i++)
+		rc = rc ? rc : posix_spawn_file_actions_adddup2(&fa, base + i, i);
+	rc = rc ? rc : posix_spawn_file_actions_addclosefrom_np(&fa, SPAWN_FDS);
 	rc = rc ? rc : posix_spawnattr_setsigmask(&attr, &none);
 	rc = rc ? rc : posix_spawnattr_setsigdefault(&attr, &all);
 	rc = rc ? rc

@@ -1,0 +1,87 @@
+"""SIGTERM handling and the request log (the Cloud Run contract)."""
+
+import concurrent.futures
+import json
+import signal
+import time
+
+from pyexec_testlib import expect_error, expect_result
+
+
+def test_sigterm_stops_runs_past_the_grace_period(server_factory):
+    """In-flight runs get PYEXEC_GRACE seconds; one that needs longer is stopped and answered
+    503, and the server still exits 0 within the grace period plus a few seconds."""
+    srv = server_factory(fresh=True, PYEXEC_GRACE="1")
+    script = "import time\ndef main():\n    time.sleep(30)\n    return 'late'\n"
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        fut = pool.submit(srv.execute, script, 40)
+        time.sleep(0.7)
+        start = time.monotonic()
+        srv.proc.send_signal(signal.SIGTERM)
+        expect_error(fut.result(), 503, "shutting_down")
+        assert srv.proc.wait(10) == 0
+        assert time.monotonic() - start < 6
+
+
+def test_healthz_fails_while_shutting_down(server_factory):
+    srv = server_factory(fresh=True, PYEXEC_GRACE="3")
+    script = "import time\ndef main():\n    time.sleep(2)\n    return 'done'\n"
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        fut = pool.submit(srv.execute, script, 10)
+        time.sleep(0.5)
+        srv.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+        resp = srv.get("/healthz")
+        assert resp.status == 503 and "shutting down" in resp.json()["message"], resp
+        expect_result(fut.result(), "done")
+    assert srv.proc.wait(10) == 0
+
+
+def log_lines(srv):
+    out = []
+    for line in srv.log_path.read_text(errors="replace").splitlines():
+        if line.startswith("{"):
+            out.append(json.loads(line))  # every line the server writes is one JSON object
+    return out
+
+
+def test_request_log_line_is_structured_and_private(server_factory):
+    srv = server_factory(fresh=True)
+    secret_source = "SOURCE_MARKER_7f3a"
+    secret_output = "OUTPUT_MARKER_91bc"
+    script = (f"def main():\n    # {secret_source}\n    print('{secret_output[:7]}' + "
+              f"'{secret_output[7:]}')\n    return '{secret_output[:5]}' + '{secret_output[5:]}'\n")
+    resp = srv.execute(script)
+    expect_result(resp, secret_output, stdout=secret_output + "\n")
+    rid = resp.header("X-Request-Id")
+    time.sleep(0.2)
+    entries = [e for e in log_lines(srv) if e.get("requestId") == rid]
+    assert len(entries) == 1, entries
+    entry = entries[0]
+    assert entry["severity"] == "INFO"
+    assert isinstance(entry["message"], str) and "/execute" in entry["message"]
+    http = entry["httpRequest"]
+    assert http["requestMethod"] == "POST" and http["requestUrl"] == "/execute"
+    assert http["status"] == 200 and http["latency"].endswith("s")
+    assert entry["outcome"] == "ok" and entry["durationMs"] >= 0
+    text = srv.log_path.read_text(errors="replace")
+    assert secret_source not in text and secret_output not in text
+    # an error is logged with its code, at a severity that matches
+    bad = srv.execute("def main():\n    1/0\n")
+    time.sleep(0.2)
+    entry = [e for e in log_lines(srv) if e.get("requestId") == bad.header("X-Request-Id")][0]
+    assert entry["outcome"] == "exception" and entry["httpRequest"]["status"] == 422
+
+
+def test_client_request_id_is_echoed_and_logged(server_factory):
+    srv = server_factory(fresh=True)
+    resp = srv.request("POST", "/execute", body=b'{"script": "def main():\\n    return 1\\n"}',
+                       headers={"Content-Type": "application/json",
+                                "X-Request-Id": "trace-abc.123"})
+    expect_result(resp, 1)
+    assert resp.header("X-Request-Id") == "trace-abc.123"
+    time.sleep(0.2)
+    assert any(e.get("requestId") == "trace-abc.123" for e in log_lines(srv))
+    # a malformed one is replaced, not echoed
+    resp = srv.request("GET", "/healthz", headers={"X-Request-Id": "bad id\u00e9"})
+    assert resp.header("X-Request-Id") != "bad id\u00e9"

@@ -1,0 +1,267 @@
+"""Ready jails, admission control and /metrics (functional tests: no timing targets here;
+speed lives in `make bench`)."""
+
+import concurrent.futures
+import os
+import re
+import signal
+import socket
+import time
+
+import pytest
+
+from pyexec_testlib import check_healthy, expect_error, expect_ok, expect_result
+
+SLEEP = "import time\ndef main():\n    time.sleep({s})\n    return 'slept'\n"
+
+
+def pool_server(server_factory, **env):
+    env.setdefault("PYEXEC_POOL", "2")
+    return server_factory(fresh=True, **env)
+
+
+def wait_ready(srv, n=1, within=15):
+    """Waits until /healthz reports at least n ready jails."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        resp = srv.get("/healthz")
+        if resp.status == 200 and resp.json().get("poolReady", 0) >= n:
+            return
+        time.sleep(0.05)
+    pytest.fail(f"the pool never had {n} ready jails: {srv.get('/healthz')!r}")
+
+
+def metrics(srv):
+    """Parses /metrics strictly as Prometheus text; returns {series: value}."""
+    resp = srv.get("/metrics")
+    assert resp.status == 200, resp
+    assert (resp.header("Content-Type") or "").startswith("text/plain"), resp
+    values, typed = {}, set()
+    for line in resp.body.decode().splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split(" ")
+            assert kind in ("counter", "gauge", "histogram"), line
+            typed.add(name)
+            continue
+        if line.startswith("# HELP ") or not line:
+            continue
+        m = re.fullmatch(r'([a-z_]+)(\{[a-z_]+="[^"]*"\})? (\S+)', line)
+        assert m, f"not Prometheus text: {line!r}"
+        base = re.sub(r"_(bucket|sum|count)$", "", m.group(1))
+        assert m.group(1) in typed or base in typed, f"series without TYPE: {line!r}"
+        values[m.group(1) + (m.group(2) or "")] = float(m.group(3))
+    return values
+
+
+def jail_runner_pids(srv):
+    """Pids of the runner processes of srv's jails (seen from the host's /proc)."""
+    parents = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    parents[int(name)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                pass
+    found = []
+    for pid in parents:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"/pyexec/runner.py" not in f.read():
+                    continue
+        except OSError:
+            continue
+        p = pid
+        while p in parents and p > 1:
+            p = parents[p]
+            if p == srv.pid:
+                found.append(pid)
+                break
+    return found
+
+
+# Scripts covering the contract: a ready jail must answer exactly like a cold one.
+SAME_ANSWER_SCRIPTS = [
+    "def main():\n    return {'answer': 42}\n",
+    "def main():\n    print('hi', 'é')\n    return ['ü', 1.5, None, True]\n",
+    "import math\ndef main():\n    return math.factorial(40)\n",
+    "def main(:\n    pass\n",
+    "x = 1\n",
+    "main = 3\n",
+    "def main():\n    print('before')\n    raise ValueError('nope')\n",
+    "def main():\n    return {1, 2}\n",
+    "def main():\n    return None\n",
+    "import sys\ndef main():\n    sys.exit(3)\n",
+    "import os\ndef main():\n    os._exit(4)\n",
+    "import os\ndef main():\n    os.kill(os.getpid(), 9)\n",
+    "async def main():\n    return 'awaited'\n",
+    "def main():\n    return __name__\n",
+    "import os\ndef main():\n    return [os.getcwd(), os.listdir('/tmp'), os.getuid()]\n",
+    "def main():\n    return 'x' * 2000000\n",
+    "def main():\n    a = []\n    while True:\n        a.append(' ' * 10**6)\n",
+    "import numpy as np\ndef main():\n    return (np.arange(4).reshape(2, 2) @ np.ones((2, 2))).tolist()\n",
+]
+
+
+def comparable(resp):
+    return resp.status, resp.json(), resp.header("X-Stdout-Truncated")
+
+
+def test_ready_jail_answers_like_a_cold_one(server_factory):
+    cold = server_factory(fresh=True, PYEXEC_POOL="0")
+    ready = pool_server(server_factory)
+    for script in SAME_ANSWER_SCRIPTS:
+        wait_ready(ready)
+        a, b = cold.execute(script), ready.execute(script)
+        assert comparable(a) == comparable(b), f"{script!r}:\ncold  {a!r}\nready {b!r}"
+    # and a timeout, counted the same way
+    wait_ready(ready)
+    a, b = cold.execute(SLEEP.format(s=5), timeout=1), ready.execute(SLEEP.format(s=5), timeout=1)
+    assert comparable(a)[:2] == comparable(b)[:2]
+    assert a.json()["error"] == "timeout"
+    m = metrics(ready)
+    assert m['pyexec_requests_total{outcome="ok"}'] >= 5, m
+
+
+def test_ready_jail_is_never_used_twice(server_factory):
+    """Each run leaves marks everywhere it can (a file in /tmp, a global in a preloaded module,
+    the environment, a child process); the next run, on another ready jail, sees none."""
+    srv = pool_server(server_factory)
+    script = '''
+import os, sys, time
+import numpy
+def main():
+    seen = [os.path.exists("/tmp/marker"), hasattr(numpy, "pyexec_marker"),
+            "PYEXEC_MARKER" in os.environ, len(os.listdir("/proc"))]
+    open("/tmp/marker", "w").write("x")
+    numpy.pyexec_marker = 1
+    os.environ["PYEXEC_MARKER"] = "1"
+    if os.fork() == 0:
+        time.sleep(60)
+        os._exit(0)
+    return seen
+'''
+    baseline = None
+    for _ in range(6):
+        wait_ready(srv)
+        seen = expect_ok(srv.execute(script))["result"]
+        assert seen[:3] == [False, False, False], seen
+        baseline = baseline or seen[3]
+        assert seen[3] == baseline, f"processes from an earlier run are visible: {seen}"
+
+
+def test_killed_ready_jail_is_replaced_not_used(server_factory):
+    srv = pool_server(server_factory, PYEXEC_POOL="2")
+    wait_ready(srv, 2)
+    before = metrics(srv)
+    victims = jail_runner_pids(srv)
+    assert len(victims) >= 2, f"expected the ready jails' runners, found {victims}"
+    for pid in victims:
+        os.kill(pid, signal.SIGKILL)
+    # Immediately: the request must not get a dead jail.
+    expect_result(srv.execute("def main():\n    return 'fresh'\n"), "fresh")
+    wait_ready(srv, 2)
+    after = metrics(srv)
+    died = 'pyexec_pool_discarded_total{reason="died"}'
+    assert after[died] >= before[died] + 2, (before[died], after[died])
+    assert not set(victims) & set(jail_runner_pids(srv))
+    check_healthy(srv)
+
+
+def test_deadline_counts_from_hand_over(server_factory):
+    """A jail that waited in the pool longer than the timeout still gives the script its full
+    time: the clock starts when the script is handed over."""
+    srv = pool_server(server_factory, PYEXEC_POOL="1")
+    wait_ready(srv)
+    time.sleep(2.5)  # the ready jail is now older than the run's timeout
+    resp = srv.execute(SLEEP.format(s=1.2), timeout=2)
+    expect_result(resp, "slept")
+    assert int(resp.header("X-Execution-Time-Ms")) < 2000, resp
+
+
+def test_queue_bound_gives_429(server_factory):
+    srv = server_factory(fresh=True, PYEXEC_CONCURRENCY="1", PYEXEC_QUEUE="1")
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        running = pool.submit(srv.execute, SLEEP.format(s=2), 10)
+        time.sleep(0.5)
+        queued = pool.submit(srv.execute, SLEEP.format(s=0), 10)
+        time.sleep(0.5)
+        refused = srv.execute(SLEEP.format(s=0), 10)
+        body = expect_error(refused, 429, "busy")
+        assert refused.header("Retry-After") and refused.header("Retry-After").isdigit(), refused
+        assert "retry" in body["message"].lower()
+        m = metrics(srv)
+        assert m["pyexec_queue_depth"] == 1 and m["pyexec_running"] == 1, m
+        expect_result(running.result(), "slept")
+        expect_result(queued.result(), "slept")
+    assert metrics(srv)['pyexec_requests_total{outcome="busy"}'] == 1
+
+
+def open_request(srv, script, timeout=30):
+    """Sends an /execute request on a raw socket and returns the socket without reading."""
+    import json
+    body = json.dumps({"script": script, "timeout": timeout}).encode()
+    sock = socket.create_connection(("127.0.0.1", srv.port))
+    sock.sendall(b"POST /execute HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    return sock
+
+
+def test_disconnected_client_frees_its_slot_and_jail(server_factory):
+    srv = server_factory(fresh=True, PYEXEC_CONCURRENCY="1", PYEXEC_QUEUE="0",
+                         PYEXEC_POOL="0")
+    sock = open_request(srv, SLEEP.format(s=30))
+    time.sleep(1.0)  # running now
+    victims = jail_runner_pids(srv)
+    assert len(victims) >= 1
+    sock.close()
+    time.sleep(0.5)
+    # The slot is free again, and the jail is gone.
+    expect_result(srv.execute(SLEEP.format(s=0)), "slept")
+    deadline = time.monotonic() + 2
+    while set(victims) & set(jail_runner_pids(srv)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not set(victims) & set(jail_runner_pids(srv)), victims
+    assert metrics(srv)['pyexec_requests_total{outcome="client_gone"}'] == 1
+
+
+def test_disconnected_queued_client_frees_its_place(server_factory):
+    srv = server_factory(fresh=True, PYEXEC_CONCURRENCY="1", PYEXEC_QUEUE="1")
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        running = pool.submit(srv.execute, SLEEP.format(s=2.5), 10)
+        time.sleep(0.5)
+        sock = open_request(srv, SLEEP.format(s=0))
+        time.sleep(0.3)
+        assert metrics(srv)["pyexec_queue_depth"] == 1
+        sock.close()
+        time.sleep(0.5)  # queued requests look at their client every 100 ms
+        assert metrics(srv)["pyexec_queue_depth"] == 0
+        # its place is free: this one queues instead of getting 429
+        expect_result(srv.execute(SLEEP.format(s=0)), "slept")
+        expect_result(running.result(), "slept")
+
+
+def test_metrics_parse_and_move(server_factory):
+    srv = pool_server(server_factory)
+    wait_ready(srv)
+    before = metrics(srv)
+    for name in ("pyexec_pool_ready", "pyexec_pool_size", "pyexec_queue_depth",
+                 "pyexec_running", "pyexec_slots", "pyexec_run_seconds_count",
+                 "pyexec_queue_wait_seconds_count", "pyexec_jail_start_seconds_count"):
+        assert name in before, name
+    assert before["pyexec_pool_size"] == 2
+    expect_result(srv.execute("def main():\n    return 1\n"), 1)
+    srv.execute("def main():\n    1/0\n")
+    srv.post_json("/execute", b"{")
+    after = metrics(srv)
+    ok, exc, bad = ('pyexec_requests_total{outcome="%s"}' % o
+                    for o in ("ok", "exception", "invalid_json"))
+    assert after[ok] == before[ok] + 1
+    assert after[exc] == before[exc] + 1
+    assert after[bad] == before[bad] + 1
+    assert after["pyexec_run_seconds_count"] == before["pyexec_run_seconds_count"] + 2
+    assert after["pyexec_jail_start_seconds_count"] > 0
+    inf = 'pyexec_run_seconds_bucket{le="+Inf"}'
+    assert after[inf] == after["pyexec_run_seconds_count"]
+    resp = srv.request("POST", "/metrics")
+    expect_error(resp, 405, "method_not_allowed")
