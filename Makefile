@@ -1,5 +1,6 @@
 # pyexec: `make` builds build/pyexecd; `make test` runs every test (unit and black-box, plain
-# and under ASan+UBSan); `make asan` builds the sanitizer server in build-asan/.
+# and under ASan+UBSan); `make asan` builds the sanitizer server in build-asan/; `make bench`
+# prints the benchmark.
 
 CC       ?= cc
 PYTHON   ?= /usr/bin/python3
@@ -51,4 +52,15 @@ format:
 clean:
 	rm -rf build build-asan
 
-.PHONY: all asan unit http test format clean
+# Latency and throughput, cold against ready jails: prints one table (see bench/README.md).
+bench: build/pyexecd
+	$(PYTHON) bench/bench.py --binary build/pyexecd
+
+.PHONY: all asan unit http test bench format clean
+
+# Builds the Docker image, checks its size, and runs the black-box suite against a container
+# of it (tests/image/run.sh; needs a Docker engine; NSJAIL_BINARY=path passes a local nsjail).
+image-test:
+	tests/image/run.sh
+
+.PHONY: image-test

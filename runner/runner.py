@@ -306,12 +306,22 @@ def become_init(status_fd):
                 os._exit(code)
 
 
+# First calls that set up lazy state (BLAS buffers, pandas' groupby machinery): done once in a
+# ready jail before it waits, instead of in every script.
+WARMUPS = {
+    "numpy": "import numpy\nnumpy.ones((64, 64)) @ numpy.ones((64, 64))\n",
+    "pandas": "import pandas\npandas.DataFrame({'k': [1, 1, 2], 'v': [1, 2, 3]}).groupby('k')['v'].sum()\n",
+}
+
+
 def preload(names):
     import importlib
 
     for name in filter(None, names.split(",")):
         try:
             importlib.import_module(name)
+            if name in WARMUPS:
+                exec(WARMUPS[name], {})
         except Exception as exc:  # the script will see the same error if it imports it
             print(f"pyexec runner: preloading {name} failed: {exc}", file=sys.stderr)
 

@@ -1,5 +1,6 @@
 #include "jail.h"
 
+#include <fcntl.h>
 #include <libgen.h>
 #include <math.h>
 #include <stdarg.h>
@@ -67,6 +68,21 @@ static int stdlib_dir(const char *python_real, char *out, size_t n)
 	return access(out, R_OK);
 }
 
+static bool can_renice(void)
+{
+	char text[4096], *cap;
+	int fd = open("/proc/self/status", O_RDONLY | O_CLOEXEC);
+	ssize_t n = fd >= 0 ? read(fd, text, sizeof(text) - 1) : -1;
+
+	if (fd >= 0)
+		close(fd);
+	if (n <= 0)
+		return false;
+	text[n] = '\0';
+	cap = strstr(text, "CapEff:");
+	return cap && (strtoull(cap + 7, NULL, 16) >> 23) & 1; /* CAP_SYS_NICE */
+}
+
 /* cgroup limits for the whole run, where the host lets us have them. */
 static int cgroup_args(struct args *a, const struct jail *j, const struct config *c)
 {
@@ -103,6 +119,10 @@ static int jail_build(struct args *a, const struct jail *j, const struct config 
 	rc |= jail_add(a, "--seccomp_policy=%s", c->seccomp);
 	rc |= jail_add(a, "--time_limit=%lu", wall);
 	rc |= jail_add(a, "--rlimit_cpu=%lu", cpu);
+	/* Refilling the pool yields to runs; the server restores priority at the hand-over,
+	 * which needs CAP_SYS_NICE. */
+	if (for_pool && can_renice())
+		rc |= jail_add(a, "--nice_level=19");
 	rc |= jail_add(a, "--rlimit_as=%lu", c->memory_mb);
 	rc |= jail_add(a, "--rlimit_fsize=%lu", c->tmp_mb);
 	rc |= jail_add(a, "--rlimit_nofile=%lu", c->max_files);

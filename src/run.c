@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -27,6 +28,8 @@ struct sandbox {
 	bool is_ready;
 	double started_at, ready_at;
 	char tag[32];
+	pid_t procs[4]; /* nsjail, the jail's init, the runner: known once ready */
+	unsigned nprocs;
 };
 
 /* State of one run after the hand-over. */
@@ -130,10 +133,13 @@ double sandbox_start_seconds(const struct sandbox *sb)
 /* Makes a jail's processes the kernel's first choice when memory runs out. Done on the ready
  * line, when nsjail, the jail's init and the runner all exist and no user code has run; what
  * the script starts later inherits the value. */
-static void oom_mark(pid_t pid, int depth)
+static void oom_mark(struct sandbox *sb, pid_t pid, int depth)
 {
 	char path[64], list[512];
 	int fd, n;
+
+	if (sb->nprocs < sizeof(sb->procs) / sizeof(sb->procs[0]))
+		sb->procs[sb->nprocs++] = pid;
 
 	snprintf(path, sizeof(path), "/proc/%d/oom_score_adj", (int)pid);
 	fd = open(path, O_WRONLY | O_CLOEXEC);
@@ -154,7 +160,7 @@ static void oom_mark(pid_t pid, int depth)
 		long child = strtol(p, &end, 10);
 		if (end == p)
 			break;
-		oom_mark((pid_t)child, depth - 1);
+		oom_mark(sb, (pid_t)child, depth - 1);
 	}
 }
 
@@ -176,7 +182,7 @@ int sandbox_check(struct sandbox *sb)
 		return -1;
 	sb->is_ready = true;
 	sb->ready_at = run_now();
-	oom_mark(sb->pid, 2);
+	oom_mark(sb, sb->pid, 2);
 	return 1;
 }
 
@@ -457,6 +463,9 @@ void sandbox_run(struct sandbox *sb, const struct run_spec *s, struct run_result
 	r->ready = true;
 	r->end = RUN_EXITED;
 	io.deadline = handover + s->timeout;
+	/* A pool jail waited at low priority; the script runs at the normal one. */
+	for (unsigned i = 0; i < sb->nprocs; i++)
+		setpriority(PRIO_PROCESS, (id_t)sb->procs[i], 0);
 	while (sb->out >= 0 || sb->err >= 0 || sb->chan >= 0 || sb->status >= 0) {
 		if (io.init_status >= 0 && !io.killed)
 			break; /* the script's process is gone */

@@ -1,0 +1,288 @@
+"""pyexec benchmark: latency and throughput of POST /execute, cold jails against ready ones.
+
+    make bench            (or: /usr/bin/python3 bench/bench.py --binary build/pyexecd)
+
+Starts build/pyexecd on 127.0.0.1 with the pool off (cold: every run starts nsjail and
+Python) and on (ready: jails started ahead with numpy and pandas imported), drives load from
+this process, and prints one table. See bench/README.md for how to read it.
+"""
+
+import argparse
+import http.client
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+WORKLOADS = {
+    "trivial": "def main():\n    return {'ok': True}\n",
+    "numpy": ("import numpy as np\n"
+              "def main():\n"
+              "    a = np.arange(40000, dtype=float).reshape(200, 200)\n"
+              "    return float((a @ a.T).trace())\n"),
+    "pandas": ("import pandas as pd\n"
+               "def main():\n"
+               "    df = pd.DataFrame({'k': [i % 10 for i in range(1000)], 'v': range(1000)})\n"
+               "    return {str(k): int(v) for k, v in df.groupby('k')['v'].sum().items()}\n"),
+    "print10k": ("def main():\n"
+                 "    for i in range(10000):\n"
+                 "        print('line', i)\n"
+                 "    return 10000\n"),
+}
+
+MODES = {
+    "cold": {"PYEXEC_POOL": "0"},
+    "ready": {"PYEXEC_POOL": "8", "PYEXEC_PRELOAD": "numpy,pandas"},
+}
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, binary, env):
+        self.port = free_port()
+        full = {k: v for k, v in os.environ.items() if not k.startswith("PYEXEC_")}
+        full.update(env)
+        full.setdefault("PYEXEC_CONCURRENCY", "8")
+        full.setdefault("PYEXEC_QUEUE", "64")
+        self.log = open(f"/tmp/pyexec-bench-{self.port}.log", "wb")
+        self.proc = subprocess.Popen([binary, "--host", "127.0.0.1", "--port", str(self.port)],
+                                     env=full, stdout=self.log, stderr=subprocess.STDOUT,
+                                     cwd=ROOT)
+        self.pool = int(full.get("PYEXEC_POOL", "2"))
+        self.wait_ready()
+
+    def health(self):
+        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+        c.request("GET", "/healthz")
+        r = c.getresponse()
+        body = json.loads(r.read())
+        c.close()
+        return r.status, body
+
+    def wait_ready(self, within=60):
+        end = time.monotonic() + within
+        while time.monotonic() < end:
+            try:
+                status, body = self.health()
+                if status == 200 and body.get("poolReady", 0) >= self.pool:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise SystemExit(f"server on :{self.port} did not become ready")
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(20)
+        self.log.close()
+
+    # What the server holds: to compare before and after a load.
+    def footprint(self):
+        pid = self.proc.pid
+        fds = len(os.listdir(f"/proc/{pid}/fd"))
+        rss = vm_rss_kib(pid)
+        children = [p for p in all_pids() if ppid(p) == pid]
+        zombies = sum(1 for p in children if state(p) == "Z")
+        return {"fds": fds, "rss_kib": rss, "children": len(children), "zombies": zombies}
+
+
+def all_pids():
+    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
+
+
+def read(path):
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def ppid(pid):
+    stat = read(f"/proc/{pid}/stat")
+    return int(stat.rsplit(")", 1)[1].split()[1]) if stat else -1
+
+
+def state(pid):
+    stat = read(f"/proc/{pid}/stat")
+    return stat.rsplit(")", 1)[1].split()[0] if stat else "?"
+
+
+def vm_rss_kib(pid):
+    for line in read(f"/proc/{pid}/status").splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def pss_kib(pid):
+    for line in read(f"/proc/{pid}/smaps_rollup").splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1])
+    return 0
+
+
+def descendants(pid):
+    kids = {}
+    for p in all_pids():
+        kids.setdefault(ppid(p), []).append(p)
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(kids.get(p, []))
+    return out
+
+
+def ready_jail_pss(server):
+    """Proportional memory of one ready jail: nsjail, the jail's init and the runner."""
+    jails = [p for p in all_pids() if ppid(p) == server.proc.pid]
+    sizes = [sum(pss_kib(p) for p in descendants(j)) for j in jails]
+    return statistics.median(sizes) if sizes else 0
+
+
+def client_loop(port, script, count, think, out, deadline=None):
+    body = json.dumps({"script": script}).encode()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    done = 0
+    while (count is None or done < count) and (deadline is None or time.monotonic() < deadline):
+        start = time.monotonic()
+        try:
+            conn.request("POST", "/execute", body, {"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            resp.read()
+            status = resp.status
+        except (OSError, http.client.HTTPException):
+            status = -1
+            conn.close()
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        out.append((time.monotonic() - start, status))
+        done += 1
+        if think:
+            time.sleep(think)
+    conn.close()
+
+
+def drive(port, script, clients, count=None, think=0.0, seconds=None):
+    results, threads = [], []
+    deadline = time.monotonic() + seconds if seconds else None
+    t0 = time.monotonic()
+    for _ in range(clients):
+        t = threading.Thread(target=client_loop,
+                             args=(port, script, count, think, results, deadline))
+        t.start()
+        threads.append(t)
+    for t in threads:
+        t.join()
+    wall = time.monotonic() - t0
+    return results, wall
+
+
+def summarize(results, wall):
+    lat = sorted(r[0] for r in results if r[1] == 200)
+    q = (lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] * 1000) if lat else (lambda p: 0)
+    busy = sum(1 for r in results if r[1] == 429)
+    errors = sum(1 for r in results if r[1] not in (200, 429))
+    return {"n": len(results), "rps": len(results) / wall, "p50": q(0.50), "p90": q(0.90),
+            "p99": q(0.99), "errors": errors, "busy": busy}
+
+
+def latency_table(binary, think, per_client):
+    rows, health = [], {}
+    for mode, env in MODES.items():
+        srv = Server(binary, env)
+        try:
+            time.sleep(1)
+            before = srv.footprint()
+            extra = {"idle_rss_kib": before["rss_kib"]}
+            if mode == "ready":
+                extra["jail_pss_kib"] = ready_jail_pss(srv)
+            for name, script in WORKLOADS.items():
+                for clients in (1, 8):
+                    srv.wait_ready()
+                    count = per_client if clients == 1 else max(3, per_client // 4)
+                    res, wall = drive(srv.port, script, clients, count=count, think=think)
+                    rows.append((name, mode, clients, summarize(res, wall)))
+            time.sleep(3)  # let the pool refill and the reaper finish
+            after = srv.footprint()
+            health[mode] = (before, after, extra)
+        finally:
+            srv.stop()
+    return rows, health
+
+
+def saturation_table(binary, seconds):
+    configs = [("cold", {"PYEXEC_POOL": "0"}),
+               ("ready, preload numpy+pandas", MODES["ready"]),
+               ("ready, no preload", {"PYEXEC_POOL": "8", "PYEXEC_PRELOAD": ""})]
+    rows = []
+    for label, env in configs:
+        srv = Server(binary, env)
+        try:
+            for name in ("trivial", "pandas"):
+                srv.wait_ready()
+                res, wall = drive(srv.port, WORKLOADS[name], 8, seconds=seconds)
+                rows.append((name, label, summarize(res, wall)))
+        finally:
+            srv.stop()
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--binary", default=str(ROOT / "build" / "pyexecd"))
+    ap.add_argument("--think", type=float, default=0.25,
+                    help="seconds each client waits between requests in the latency table")
+    ap.add_argument("--requests", type=int, default=20,
+                    help="requests per client at concurrency 1 (a quarter of it at 8)")
+    ap.add_argument("--saturation-seconds", type=float, default=8)
+    args = ap.parse_args()
+    if not os.access(args.binary, os.X_OK):
+        raise SystemExit(f"{args.binary} not found: run `make` first")
+    t0 = time.monotonic()
+    print(f"pyexec bench: {os.cpu_count()} CPUs, think time {args.think}s, "
+          f"{args.requests} requests per client at c=1", flush=True)
+    rows, health = latency_table(args.binary, args.think, args.requests)
+    print("\nLatency (ms, end to end on 127.0.0.1; closed loop with think time)")
+    print(f"{'workload':<9} {'mode':<6} {'c':>2} {'n':>4} {'req/s':>7} {'p50':>8} {'p90':>8} "
+          f"{'p99':>8} {'errors':>6} {'429':>4}")
+    p50 = {}
+    for name, mode, c, s in rows:
+        p50[(name, mode, c)] = s["p50"]
+        print(f"{name:<9} {mode:<6} {c:>2} {s['n']:>4} {s['rps']:>7.1f} {s['p50']:>8.1f} "
+              f"{s['p90']:>8.1f} {s['p99']:>8.1f} {s['errors']:>6} {s['busy']:>4}")
+    print("\nCold/ready p50 at concurrency 1")
+    for name in WORKLOADS:
+        cold, ready = p50[(name, "cold", 1)], p50[(name, "ready", 1)]
+        print(f"  {name:<9} {cold:8.1f} / {ready:6.1f} = {cold / ready if ready else 0:6.1f}x")
+    print("\nServer before and after each mode's load (after 3 s to settle)")
+    for mode, (before, after, extra) in health.items():
+        print(f"  {mode:<6} fds {before['fds']}->{after['fds']}  children "
+              f"{before['children']}->{after['children']}  zombies {after['zombies']}  "
+              f"RSS {before['rss_kib'] / 1024:.1f}->{after['rss_kib'] / 1024:.1f} MiB")
+    print(f"  idle server RSS: {health['cold'][2]['idle_rss_kib'] / 1024:.1f} MiB; one ready "
+          f"jail (PSS of nsjail + init + runner): "
+          f"{health['ready'][2].get('jail_pss_kib', 0) / 1024:.1f} MiB")
+    print(f"\nSaturation: 8 clients, no think time, {args.saturation_seconds:.0f} s each")
+    print(f"{'workload':<9} {'mode':<28} {'runs/s':>7} {'p50':>8} {'p99':>8} {'errors':>6} "
+          f"{'429':>4}")
+    for name, label, s in saturation_table(args.binary, args.saturation_seconds):
+        print(f"{name:<9} {label:<28} {s['rps']:>7.1f} {s['p50']:>8.1f} {s['p99']:>8.1f} "
+              f"{s['errors']:>6} {s['busy']:>4}")
+    print(f"\nbench took {time.monotonic() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
