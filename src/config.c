@@ -64,6 +64,8 @@ static const struct setting settings[] = {
      "modules a ready jail imports ahead of its script (comma-separated)"},
     {"pool-max-age", "PYEXEC_POOL_MAX_AGE", NUM(K_SECONDS, pool_max_age), "300",
      "seconds a ready jail may wait before it is replaced"},
+    {"connection-timeout", "PYEXEC_CONNECTION_TIMEOUT", NUM(K_ULONG, connection_timeout), "30",
+     "seconds a connection may stay idle or stalled mid-request"},
     {"grace", "PYEXEC_GRACE", NUM(K_SECONDS, grace), "8",
      "seconds in-flight runs get to finish after SIGTERM"},
 };

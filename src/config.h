@@ -27,12 +27,13 @@ struct config {
 	unsigned long result_max;
 	unsigned long body_max;
 	unsigned long max_connections;
-	unsigned long concurrency; /* runs at once; 0 at load means the number of CPUs */
-	unsigned long queue;       /* requests waiting for a slot before 429 */
-	unsigned long pool;        /* ready jails to keep; 0 turns the pool off */
-	char preload[512];         /* modules a ready jail imports before its script */
-	double pool_max_age;       /* seconds a ready jail may wait before it is replaced */
-	double grace;              /* seconds in-flight runs get after SIGTERM */
+	unsigned long concurrency;        /* runs at once; 0 at load means the number of CPUs */
+	unsigned long queue;              /* requests waiting for a slot before 429 */
+	unsigned long pool;               /* ready jails to keep; 0 turns the pool off */
+	char preload[512];                /* modules a ready jail imports before its script */
+	double pool_max_age;              /* seconds a ready jail may wait before it is replaced */
+	double grace;                     /* seconds in-flight runs get after SIGTERM */
+	unsigned long connection_timeout; /* seconds an idle or stalled connection is kept */
 };
 
 /* Returns 0 when the service should run, 1 when --help was printed, -1 on a bad setting. */

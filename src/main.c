@@ -3,6 +3,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "config.h"
@@ -17,6 +18,17 @@ static void ensure_std_fds(void)
 			exit(1);
 }
 
+/* Every connection and every run's pipes are descriptors: use all the host allows. */
+static void raise_fd_limit(void)
+{
+	struct rlimit rl;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &rl);
+	}
+}
+
 int main(int argc, char **argv)
 {
 	struct config cfg;
@@ -26,6 +38,7 @@ int main(int argc, char **argv)
 	int sig = 0, rc;
 
 	ensure_std_fds();
+	raise_fd_limit();
 	rc = config_load(&cfg, argc, argv, &e);
 	if (rc == 1)
 		return 0;

@@ -1,0 +1,230 @@
+"""Faults the service must survive: a missing or broken sandbox, jails killed from outside,
+hostile clients, descriptor exhaustion. Each ends with the service healthy again."""
+
+import os
+import resource
+import shutil
+import signal
+import socket
+import stat
+import time
+
+import pytest
+
+from pyexec_testlib import (Server, check_healthy, expect_error, expect_result,
+                            expect_script_error)
+from test_pool import jail_runner_pids, metrics, open_request
+
+OK = "def main():\n    return 42\n"
+
+
+class UnhealthyServer(Server):
+    """A server expected to start without a working sandbox: it must still answer."""
+
+    def _wait_ready(self, start_timeout):
+        deadline = time.monotonic() + start_timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"pyexecd exited:\n{self.log_tail()}"
+            try:
+                self.get("/healthz", timeout=2)
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise AssertionError(f"pyexecd never answered:\n{self.log_tail()}")
+
+
+@pytest.fixture
+def unhealthy(tmp_path):
+    started = []
+
+    def start(**env):
+        srv = UnhealthyServer("unhealthy", env, tmp_path)
+        started.append(srv)
+        return srv
+
+    yield start
+    for srv in started:
+        srv.stop()
+        assert srv.proc.returncode == 0, srv.log_tail()
+
+
+def test_nsjail_missing(unhealthy):
+    srv = unhealthy(PYEXEC_NSJAIL="/nonexistent/nsjail")
+    health = srv.get("/healthz")
+    assert health.status == 503 and "nsjail" in health.json()["message"], health
+    body = expect_error(srv.execute(OK), 500, "internal")
+    assert "nsjail" in body["message"] and "/nonexistent" not in body["message"], body
+    assert srv.alive()
+
+
+def test_nsjail_loses_its_exec_bit(server_factory, tmp_path):
+    copy = tmp_path / "nsjail"
+    shutil.copy(shutil.which("nsjail"), copy)
+    srv = server_factory(fresh=True, PYEXEC_NSJAIL=str(copy), PYEXEC_POOL="0")
+    expect_result(srv.execute(OK), 42)
+    os.chmod(copy, 0o644)
+    try:
+        assert srv.get("/healthz").status == 503
+        body = expect_error(srv.execute(OK), 500, "internal")
+        assert str(tmp_path) not in body["message"], body
+        assert srv.alive()
+    finally:
+        os.chmod(copy, 0o755)
+    assert srv.get("/healthz").status == 200
+    expect_result(srv.execute(OK), 42)
+
+
+def test_jail_that_cannot_start(unhealthy, tmp_path):
+    bad = tmp_path / "nsjail.cfg"
+    bad.write_text("this is not a protobuf text config {\n")
+    srv = unhealthy(PYEXEC_JAIL_CONFIG=str(bad), PYEXEC_POOL="1")
+    health = srv.get("/healthz")
+    assert health.status == 503, health
+    body = expect_error(srv.execute(OK), 500, "internal")
+    assert "could not start" in body["message"], body
+    assert srv.alive()
+    # the pool backs off instead of spinning on a broken sandbox
+    time.sleep(1.5)
+    assert metrics(srv)['pyexec_pool_discarded_total{reason="failed"}'] <= 4
+
+
+def test_jail_killed_from_outside_mid_run(server):
+    sock = None
+    try:
+        with_marker = "import time\ndef main():\n    print('started', flush=True)\n" \
+                      "    time.sleep(30)\n"
+        import concurrent.futures
+        with concurrent.futures.ThreadPoolExecutor(1) as ex:
+            fut = ex.submit(server.execute, with_marker, 40)
+            deadline = time.monotonic() + 10
+            victims = []
+            while time.monotonic() < deadline:
+                time.sleep(0.3)
+                # the running jail's runner: the one whose init is not waiting in the pool
+                victims = [p for p in jail_runner_pids(server) if _is_running_script(p)]
+                if victims:
+                    break
+            assert victims, "found no running jail"
+            for pid in victims:
+                os.kill(pid, signal.SIGKILL)
+            resp = fut.result()
+        body = expect_script_error(resp, "killed")
+        assert "SIGKILL" in body["message"]
+    finally:
+        if sock:
+            sock.close()
+    check_healthy(server)
+
+
+def _is_running_script(pid):
+    """A runner process that reads no more stdin: it has its script (sleeping in main)."""
+    try:
+        with open(f"/proc/{pid}/wchan") as f:
+            wchan = f.read()
+    except OSError:
+        return False
+    return "pipe_read" not in wchan and "do_wait" not in wchan
+
+
+def test_slow_client_is_cut_off(server_factory):
+    srv = server_factory(fresh=True, PYEXEC_CONNECTION_TIMEOUT="2")
+    sock = socket.create_connection(("127.0.0.1", srv.port))
+    sock.sendall(b"POST /execute HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n")
+    sock.settimeout(8)
+    start = time.monotonic()
+    for _ in range(3):
+        expect_result(srv.execute(OK), 42)  # others are served meanwhile
+    try:
+        data = sock.recv(4096)
+    except ConnectionResetError:
+        data = b""
+    assert data == b"" or b"408" in data, data
+    assert time.monotonic() - start < 7
+    sock.close()
+    check_healthy(srv)
+
+
+def test_body_that_stops_half_way(server_factory):
+    srv = server_factory(fresh=True, PYEXEC_CONNECTION_TIMEOUT="2")
+    fds_before = len(os.listdir(f"/proc/{srv.pid}/fd"))
+    sock = socket.create_connection(("127.0.0.1", srv.port))
+    sock.sendall(b"POST /execute HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: 1000\r\n\r\n{\"script\": \"def ma")
+    sock.settimeout(8)
+    try:
+        data = sock.recv(4096)
+    except ConnectionResetError:
+        data = b""
+    assert data == b"" or b"408" in data, data
+    sock.close()
+    time.sleep(0.5)
+    assert len(os.listdir(f"/proc/{srv.pid}/fd")) <= fds_before
+    check_healthy(srv)
+
+
+def test_a_thousand_idle_connections(server_factory):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 4096), max(hard, 4096)))
+    srv = server_factory(fresh=True, PYEXEC_CONNECTION_TIMEOUT="3")
+    socks = []
+    try:
+        for _ in range(1000):
+            try:
+                socks.append(socket.create_connection(("127.0.0.1", srv.port), timeout=2))
+            except OSError:
+                pass
+        assert len(socks) > 256
+        time.sleep(0.5)
+        assert srv.alive()
+        time.sleep(4)  # the server drops idle connections after PYEXEC_CONNECTION_TIMEOUT
+        check_healthy(srv)
+    finally:
+        for s in socks:
+            s.close()
+    time.sleep(0.5)
+    assert len(os.listdir(f"/proc/{srv.pid}/fd")) < 64
+
+
+def test_oversized_headers(server):
+    resp = server.request("GET", "/healthz", headers={"X-Big": "a" * 100_000})
+    assert resp.status in (413, 431), resp
+    check_healthy(server)
+
+
+def test_descriptor_limit_reached_and_recovered(server_factory):
+    """With its descriptor limit nearly used up the server answers (500 or 429), never dies,
+    and serves normally once descriptors are free again."""
+    import concurrent.futures
+    srv = server_factory(fresh=True, PYEXEC_POOL="0", PYEXEC_CONCURRENCY="8",
+                         PYEXEC_QUEUE="8")
+    hard = resource.prlimit(srv.pid, resource.RLIMIT_NOFILE)[1]
+    resource.prlimit(srv.pid, resource.RLIMIT_NOFILE, (40, hard))
+    script = "import time\ndef main():\n    time.sleep(1)\n    return 1\n"
+    with concurrent.futures.ThreadPoolExecutor(12) as ex:
+        futs = [ex.submit(_try_execute, srv, script) for _ in range(12)]
+        statuses = [f.result() for f in futs]
+    assert srv.alive()
+    assert set(statuses) <= {200, 500, 429, 503, None}, statuses
+    assert any(s in (500, None) for s in statuses), f"the limit was never reached: {statuses}"
+    time.sleep(0.5)
+    expect_result(srv.execute(OK), 42)  # recovers under the same low limit
+    resource.prlimit(srv.pid, resource.RLIMIT_NOFILE, (hard, hard))
+    check_healthy(srv)
+
+
+def _try_execute(srv, script):
+    try:
+        resp = srv.execute(script, http_timeout=20)
+        return resp.status
+    except OSError:
+        return None  # the server could not even accept the connection
+
+
+def test_client_gone_before_answer_does_not_kill_server(server):
+    """The answer is written to a closed socket (EPIPE): SIGPIPE is ignored."""
+    script = "def main():\n    print('x' * 1000000)\n    return 'y' * 500000\n"
+    for _ in range(3):
+        sock = open_request(server, script)
+        sock.close()
+    time.sleep(1)
+    check_healthy(server)
