@@ -7,13 +7,21 @@ Run from the repo root with Debian's interpreter:
 The server binary is $PYEXEC_TEST_BINARY (relative paths are taken from the repo
 root), default build/pyexecd.  nsjail must be on PATH.  The server's output goes
 to a log file in pytest's tmp dir; its tail is attached to every failure report.
+
+External mode: with PYEXEC_TEST_URL=http://127.0.0.1:PORT the `server` fixture is the
+server already listening there (e.g. the Docker image, started by tests/image/run.sh)
+and nothing is started; nsjail and the binary are then not needed here.  Tests that need
+a server with other settings (small_server, server_factory) are skipped, since only local
+mode can start one.  PYEXEC_TEST_SERVER_LOG (the server's log file) and
+PYEXEC_TEST_SERVER_PID are optional; see pyexec_testlib.ExternalServer.
 """
 
+import os
 import shutil
 
 import pytest
 
-from pyexec_testlib import Server, binary_path
+from pyexec_testlib import ExternalServer, Server, binary_path, external_url
 
 # The limits of the "small" server: one server shared by every limit test.
 SMALL_ENV = {
@@ -87,8 +95,14 @@ class _Factory:
         return problems
 
 
+EXTERNAL_SKIP = ("PYEXEC_TEST_URL is set: this test needs a pyexecd started with other "
+                 "settings (or one it may stop), which only local mode can start")
+
+
 @pytest.fixture(scope="session")
 def server_factory(tmp_path_factory):
+    if external_url():
+        pytest.skip(EXTERNAL_SKIP)
     _check_prerequisites()
     factory = _Factory(tmp_path_factory.mktemp("pyexecd-logs"))
     yield factory
@@ -97,9 +111,24 @@ def server_factory(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def server(server_factory):
-    """The default-configured server (only the canary environment added)."""
-    return server_factory()
+def external_server():
+    """The server at $PYEXEC_TEST_URL, started (and stopped) by someone else."""
+    try:
+        srv = ExternalServer(external_url())
+        srv.wait_ready(float(os.environ.get("PYEXEC_TEST_START_TIMEOUT", "10")))
+    except (ValueError, RuntimeError) as exc:
+        pytest.exit(str(exc), returncode=1)
+    _RUNNING.append(srv)
+    return srv
+
+
+@pytest.fixture(scope="session")
+def server(request):
+    """The default-configured server (only the canary environment added); in external mode,
+    the server at $PYEXEC_TEST_URL."""
+    if external_url():
+        return request.getfixturevalue("external_server")
+    return request.getfixturevalue("server_factory")()
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,10 @@ Only the standard library is used.  Every request opens a fresh connection to
 127.0.0.1 with ``Connection: close`` and speaks HTTP/1.1 over a raw socket, so a
 test can send anything (invalid UTF-8, no Content-Type, chunked bodies, a body
 the server refuses before reading it all).
+
+By default the suite starts build/pyexecd itself (``Server``).  With
+``PYEXEC_TEST_URL=http://127.0.0.1:PORT`` it tests a server started elsewhere, such as
+the Docker image (``ExternalServer``; see tests/image/run.sh).
 """
 
 import http.client
@@ -14,6 +18,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.parse
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -209,6 +214,149 @@ class Server:
             payload["timeout"] = timeout
         payload.update(fields)
         return self.post_json("/execute", payload, timeout=http_timeout)
+
+
+class _ExternalProc:
+    """Stands in for Server.proc: failure messages read .returncode, reports call poll()."""
+
+    returncode = None
+
+    def __init__(self, server):
+        self._server = server
+
+    def poll(self):
+        return None if self._server.alive() else -1
+
+
+def external_url():
+    """$PYEXEC_TEST_URL, or None: then the suite starts its own servers."""
+    return os.environ.get("PYEXEC_TEST_URL") or None
+
+
+def _pid_listening_on(port):
+    """The pid of the process with a TCP socket listening on port in this network namespace
+    (a container started with --network host shares it), or None."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f)
+                for line in f:
+                    fields = line.split()
+                    # local_address is HEX_IP:HEX_PORT; state 0A is LISTEN
+                    if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                        inodes.add(fields[9])
+        except OSError:
+            pass
+    if not inodes:
+        return None
+    wanted = {f"socket:[{inode}]" for inode in inodes}
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                if os.readlink(f"/proc/{pid}/fd/{fd}") in wanted:
+                    return int(pid)
+        except OSError:
+            continue
+    return None
+
+
+class ExternalServer:
+    """A pyexecd started outside the suite (the Docker image in tests/image/run.sh) and
+    reached at $PYEXEC_TEST_URL, which must be http://127.0.0.1:PORT (or localhost): every
+    request goes to 127.0.0.1.  It offers what the tests read of a Server:
+
+    - pid: $PYEXEC_TEST_SERVER_PID, else the process listening on PORT (seen from this host:
+      a container's processes are visible in the host's /proc);
+    - env: that process's environment, read from /proc (else only CANARY_ENV and PORT), so
+      the canary tests are meaningful only if the server was started with CANARY_ENV;
+    - binary: the path that process runs (inside its container);
+    - log_path: $PYEXEC_TEST_SERVER_LOG, a file the caller keeps filled with the server's
+      stderr (e.g. `docker logs -f`), shown in failure reports.
+
+    The suite neither starts nor stops it.
+    """
+
+    name = "external"
+
+    def __init__(self, url):
+        parsed = urllib.parse.urlsplit(url)
+        if parsed.scheme != "http" or parsed.hostname not in ("127.0.0.1", "localhost") \
+                or not parsed.port or parsed.path not in ("", "/"):
+            raise ValueError(f"PYEXEC_TEST_URL must be http://127.0.0.1:PORT, not {url!r} "
+                             f"(the helpers speak to 127.0.0.1 only)")
+        self.url = url
+        self.port = parsed.port
+        self.extra_env = {}
+        self.proc = _ExternalProc(self)
+        raw_pid = os.environ.get("PYEXEC_TEST_SERVER_PID")
+        self.pid = int(raw_pid) if raw_pid else _pid_listening_on(self.port)
+        self.env = self._read_env()
+        self.binary = self._read_binary()
+        self.log_path = Path(os.environ.get("PYEXEC_TEST_SERVER_LOG")
+                             or "/nonexistent/pyexecd-external.log")
+
+    def _read_env(self):
+        if self.pid:
+            try:
+                with open(f"/proc/{self.pid}/environ", "rb") as f:
+                    pairs = f.read().decode("utf-8", "replace").split("\0")
+                return dict(p.split("=", 1) for p in pairs if "=" in p)
+            except OSError:
+                pass
+        env = dict(CANARY_ENV)
+        env["PORT"] = str(self.port)
+        return env
+
+    def _read_binary(self):
+        if self.pid:
+            try:
+                return Path(os.readlink(f"/proc/{self.pid}/exe"))
+            except OSError:
+                pass
+        return Path("/usr/local/bin/pyexecd")
+
+    def wait_ready(self, timeout):
+        """Wait for GET /healthz to answer 200; raises RuntimeError after timeout seconds."""
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            try:
+                last = raw_request(self.port, "GET", "/healthz", timeout=2)
+                if last.status == 200:
+                    return
+            except OSError as exc:
+                last = exc
+            time.sleep(0.2)
+        raise RuntimeError(f"the server at {self.url} did not answer GET /healthz with 200 "
+                           f"within {timeout:.0f}s (last: {last!r}); log tail:\n"
+                           f"{self.log_tail()}")
+
+    def alive(self):
+        if self.pid:
+            return os.path.exists(f"/proc/{self.pid}")
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=2).close()
+            return True
+        except OSError:
+            return False
+
+    def log_tail(self, lines=20):
+        try:
+            text = self.log_path.read_bytes().decode("utf-8", "replace")
+        except OSError as exc:
+            return f"(no log: {exc}; set PYEXEC_TEST_SERVER_LOG to the server's log file)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self, grace=10.0):
+        """Not ours to stop: whoever started it stops it."""
+
+    request = Server.request
+    get = Server.get
+    post_json = Server.post_json
+    execute = Server.execute
 
 
 # --- assertions -------------------------------------------------------------
