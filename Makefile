@@ -50,13 +50,35 @@ format:
 	clang-format -i src/*.c src/*.h tests/unit/*.c
 
 clean:
-	rm -rf build build-asan
+	rm -rf build build-asan build-fuzz
+
+# libFuzzer harnesses (clang) for what reads bytes from the network and from jails; each runs
+# FUZZ_SECONDS on its seed corpus in tests/fuzz/corpus/ and keeps what it learns in build-fuzz/.
+CLANG        ?= clang
+FUZZ_SECONDS ?= 60
+FUZZ_SRCS    := src/api.c src/buf.c src/err.c src/frame.c src/json_check.c src/text.c
+FUZZERS      := fuzz_request fuzz_output
+
+build-fuzz/%: tests/fuzz/%.c $(FUZZ_SRCS) $(HDRS) | build-fuzz
+	$(CLANG) $(CPPFLAGS) -g -O1 -fsanitize=fuzzer,address,undefined \
+		-fno-sanitize-recover=all $(WARN) -iquote src -o $@ $< $(FUZZ_SRCS) -ljansson -lm
+
+build-fuzz:
+	mkdir -p $@
+
+fuzz: $(addprefix build-fuzz/,$(FUZZERS))
+	for f in $(FUZZERS); do \
+		mkdir -p build-fuzz/corpus-$$f && \
+		./build-fuzz/$$f -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -print_final_stats=1 \
+			-artifact_prefix=build-fuzz/$$f- build-fuzz/corpus-$$f \
+			tests/fuzz/corpus/$${f#fuzz_} || exit 1; \
+	done
 
 # Latency and throughput, cold against ready jails: prints one table (see bench/README.md).
 bench: build/pyexecd
 	$(PYTHON) bench/bench.py --binary build/pyexecd
 
-.PHONY: all asan unit http test bench format clean
+.PHONY: all asan unit http test bench fuzz format clean
 
 # Builds the Docker image, checks its size, and runs the black-box suite against a container
 # of it (tests/image/run.sh; needs a Docker engine; NSJAIL_BINARY=path passes a local nsjail).
