@@ -44,7 +44,14 @@ http: build/pyexecd build-asan/pyexecd
 	$(PYTHON) -m pytest -q tests/http
 	PYEXEC_TEST_BINARY=build-asan/pyexecd $(PYTHON) -m pytest -q tests/http
 
-test: unit http
+# Static analysis: the checks are chosen and explained in .clang-tidy and here.
+CPPCHECK := cppcheck --enable=warning,style,performance,portability --std=c11 --inline-suppr \
+	--error-exitcode=1 --quiet -D_GNU_SOURCE -I src --suppress=missingIncludeSystem
+lint:
+	$(CPPCHECK) src/*.c
+	clang-tidy --quiet src/*.c -- -std=c11 -D_GNU_SOURCE -iquote src
+
+test: lint unit http
 
 format:
 	clang-format -i src/*.c src/*.h tests/unit/*.c
@@ -78,7 +85,7 @@ fuzz: $(addprefix build-fuzz/,$(FUZZERS))
 bench: build/pyexecd
 	$(PYTHON) bench/bench.py --binary build/pyexecd
 
-.PHONY: all asan unit http test bench fuzz format clean
+.PHONY: all asan unit http lint test bench fuzz format clean
 
 # Builds the Docker image, checks its size, and runs the black-box suite against a container
 # of it (tests/image/run.sh; needs a Docker engine; NSJAIL_BINARY=path passes a local nsjail).

@@ -97,7 +97,7 @@ static int parse_fields(json_t *root, const struct api_limits *lim, struct job *
 
 	json_object_foreach(root, key, val)
 	{
-		if (strcmp(key, "script") && strcmp(key, "timeout"))
+		if (strcmp(key, "script") != 0 && strcmp(key, "timeout") != 0)
 			return err_set(
 			    e, 400, "invalid_request",
 			    "Unknown field \"%.64s\"; the accepted fields are \"script\" "
@@ -321,8 +321,6 @@ static int no_frame_response(struct response *r, const struct run_result *run,
 int api_outcome_response(const struct run_result *run, const struct job *job,
                          const struct api_limits *lim, struct response *r)
 {
-	char msg[256];
-
 	memset(r, 0, sizeof(*r));
 	r->stdout_truncated = run->out.truncated;
 	if (!run->ready)
@@ -334,6 +332,7 @@ int api_outcome_response(const struct run_result *run, const struct job *job,
 		                          "The server is shutting down and stopped this run; send "
 		                          "it again.");
 	if (run->end == RUN_TIMEOUT) {
+		char msg[256];
 		snprintf(msg, sizeof(msg),
 		         "The script did not finish within its %g s time limit; make it faster "
 		         "or send a larger \"timeout\" (at most %g s).",

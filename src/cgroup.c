@@ -5,7 +5,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #define V1_MEM "/sys/fs/cgroup/memory"
@@ -44,6 +46,32 @@ static int make_dir(const char *path)
 	return mkdir(path, 0755) == 0 || errno == EEXIST ? 0 : -1;
 }
 
+/* Docker mounts the cgroup file systems read-only even for a container given CAP_SYS_ADMIN.
+ * Such a container may make its own mount writable again: its cgroup namespace still confines
+ * it to its own subtree. Keeps the mount's other flags, as a bind remount must. */
+static int remount_writable(const char *mount_point)
+{
+	struct statvfs vfs;
+	unsigned long flags = MS_REMOUNT | MS_BIND;
+
+	if (statvfs(mount_point, &vfs) != 0 || !(vfs.f_flag & ST_RDONLY))
+		return -1;
+	flags |= vfs.f_flag & ST_NOSUID ? MS_NOSUID : 0;
+	flags |= vfs.f_flag & ST_NODEV ? MS_NODEV : 0;
+	flags |= vfs.f_flag & ST_NOEXEC ? MS_NOEXEC : 0;
+	flags |= vfs.f_flag & ST_RELATIME ? MS_RELATIME : 0;
+	return mount(NULL, mount_point, NULL, flags, NULL);
+}
+
+static int make_dir_in(const char *mount_point, const char *path)
+{
+	if (make_dir(path) == 0)
+		return 0;
+	if (errno != EROFS || remount_writable(mount_point) != 0)
+		return -1;
+	return make_dir(path);
+}
+
 /* The server's own group in a hierarchy: "N:controller:/path" in /proc/self/cgroup. */
 static void own_path(const char *controller, char *out, size_t n)
 {
@@ -76,7 +104,7 @@ static int v1_group(const char *mount, const char *controller, char *out, size_t
 		snprintf(dir, sizeof(dir), "%s", mount);
 	if (snprintf(out, n, "%s/pyexec", dir) >= (int)n)
 		return -1;
-	return make_dir(out);
+	return make_dir_in(mount, out);
 }
 
 static bool v1_init(struct cgroup *cg)
@@ -99,6 +127,20 @@ static bool v1_init(struct cgroup *cg)
 	return true;
 }
 
+static int v2_move_all(const char *base)
+{
+	char from[PATH_MAX + 32], to[PATH_MAX + 32], pids[4096], *line, *save = NULL;
+
+	snprintf(from, sizeof(from), "%s/cgroup.procs", base);
+	snprintf(to, sizeof(to), "%s/server/cgroup.procs", base);
+	if (read_file(from, pids, sizeof(pids)) < 0)
+		return -1;
+	for (line = strtok_r(pids, "\n", &save); line; line = strtok_r(NULL, "\n", &save))
+		if (write_file(to, line) < 0 && errno != ESRCH)
+			return -1;
+	return 0;
+}
+
 /* v2: the server moves into <own>/server, and runs live under <own>/runs with the memory and
  * pids controllers delegated. */
 static bool v2_init(struct cgroup *cg)
@@ -113,13 +155,16 @@ static bool v2_init(struct cgroup *cg)
 		return false;
 	snprintf(path, sizeof(path), "%s/server", base);
 	snprintf(pid, sizeof(pid), "%d", (int)getpid());
-	if (make_dir(path) < 0)
+	if (make_dir_in(V2_ROOT, path) < 0)
 		goto denied;
 	snprintf(path, sizeof(path), "%s/server/cgroup.procs", base);
 	if (write_file(path, pid) < 0)
 		goto denied;
 	snprintf(path, sizeof(path), "%s/cgroup.subtree_control", base);
-	if (write_file(path, "+memory +pids") < 0)
+	/* No process may stay in a group that delegates controllers: move the others (an init
+	 * such as tini) beside the server. */
+	if (write_file(path, "+memory +pids") < 0 && (errno != EBUSY || v2_move_all(base) < 0 ||
+						      write_file(path, "+memory +pids") < 0))
 		goto denied;
 	if (snprintf(cg->mem, sizeof(cg->mem), "%s/runs", base) >= (int)sizeof(cg->mem))
 		goto denied;

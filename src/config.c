@@ -80,7 +80,7 @@ static int setting_apply(struct config *c, const struct setting *s, const char *
 	if (s->kind == K_STR) {
 		if (strlen(v) >= s->size)
 			return err_set(e, 0, "config", "--%s is too long", s->flag);
-		strcpy(p, v);
+		memcpy(p, v, strlen(v) + 1);
 		return 0;
 	}
 	errno = 0;
@@ -89,7 +89,7 @@ static int setting_apply(struct config *c, const struct setting *s, const char *
 		if (errno || end == v || *end || v[0] == '-')
 			return err_set(e, 0, "config", "--%s (%s) must be a whole number, not '%s'",
 			               s->flag, s->env, v);
-		*(unsigned long *)p = n;
+		memcpy(p, &n, sizeof(n));
 		return 0;
 	}
 	double d = strtod(v, &end);
@@ -97,7 +97,7 @@ static int setting_apply(struct config *c, const struct setting *s, const char *
 		return err_set(e, 0, "config",
 		               "--%s (%s) must be a positive number of seconds, not '%s'", s->flag,
 		               s->env, v);
-	*(double *)p = d;
+	memcpy(p, &d, sizeof(d));
 	return 0;
 }
 

@@ -4,9 +4,9 @@
 
 #include <string.h>
 
-#define HEADER_MAX (256 * 1024)
+#define HEADER_MAX ((size_t)256 * 1024)
 #define MESSAGE_MAX 4096
-#define TRACEBACK_MAX (128 * 1024)
+#define TRACEBACK_MAX ((size_t)128 * 1024)
 #define RESULT_DEPTH_MAX 2048
 
 /* The only codes a runner may report; anything else is a forgery or a bug. */

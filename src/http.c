@@ -62,7 +62,7 @@ static void request_id(struct MHD_Connection *conn, char id[65])
 	if (v && *v && strlen(v) <= 64 &&
 	    strspn(v, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.") ==
 	        strlen(v)) {
-		strcpy(id, v);
+		memcpy(id, v, strlen(v) + 1);
 		return;
 	}
 	if (getrandom(rnd, sizeof(rnd), 0) != (ssize_t)sizeof(rnd))
@@ -94,7 +94,6 @@ static enum MHD_Result respond(struct MHD_Connection *conn, const char *method, 
 {
 	struct MHD_Response *mr;
 	enum MHD_Result ret;
-	char ms[32];
 
 	log_request(conn, method, url, rq, r->status, r->code ? r->code : "ok");
 	mr = MHD_create_response_from_buffer(r->len, r->body, MHD_RESPMEM_MUST_FREE);
@@ -108,6 +107,7 @@ static enum MHD_Result respond(struct MHD_Connection *conn, const char *method, 
 	if (extra.name)
 		MHD_add_response_header(mr, extra.name, extra.value);
 	if (exec_ms >= 0) {
+		char ms[32];
 		snprintf(ms, sizeof(ms), "%ld", exec_ms);
 		MHD_add_response_header(mr, "X-Execution-Time-Ms", ms);
 	}

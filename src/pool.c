@@ -131,7 +131,7 @@ static void *pool_main(void *arg)
 	pthread_mutex_lock(&p->mu);
 	while (!p->stopping) {
 		struct pollfd pfd[POOL_MAX + 1] = {{.fd = p->wake, .events = POLLIN}};
-		struct sandbox *seen[POOL_MAX];
+		struct sandbox *seen[POOL_MAX] = {0};
 		double wait;
 
 		pool_fill(p);

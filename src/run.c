@@ -305,9 +305,7 @@ static void poll_once(struct io *io)
 		write_script(io);
 	/* A client socket cancels on hang-up only (readable may be a pipelined request); the
 	 * stop descriptor cancels once readable. */
-	if (pfd[5].revents & (POLLRDHUP | POLLHUP | POLLERR))
-		kill_jail(io, RUN_CANCELLED);
-	else if (pfd[6].revents)
+	if ((pfd[5].revents & (POLLRDHUP | POLLHUP | POLLERR)) || pfd[6].revents)
 		kill_jail(io, RUN_CANCELLED);
 }
 
