@@ -85,7 +85,11 @@ fuzz: $(addprefix build-fuzz/,$(FUZZERS))
 bench: build/pyexecd
 	$(PYTHON) bench/bench.py --binary build/pyexecd
 
-.PHONY: all asan unit http lint test bench fuzz format clean
+# Soak: 10 000 runs, legitimate and hostile mixed, then what the server holds.
+soak: build/pyexecd
+	$(PYTHON) bench/soak.py --binary build/pyexecd --runs 10000 --clients 4
+
+.PHONY: all asan unit http lint test bench soak fuzz format clean
 
 # Builds the Docker image, checks its size, and runs the black-box suite against a container
 # of it (tests/image/run.sh; needs a Docker engine; NSJAIL_BINARY=path passes a local nsjail).
