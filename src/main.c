@@ -1,5 +1,6 @@
 /* pyexecd: runs untrusted Python scripts in nsjail behind an HTTP API. */
 #include <fcntl.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -39,6 +40,9 @@ int main(int argc, char **argv)
 
 	ensure_std_fds();
 	raise_fd_limit();
+	/* One thread per connection would otherwise give glibc an arena per thread, each keeping
+	 * freed memory: two arenas keep the server's footprint flat under load. */
+	mallopt(M_ARENA_MAX, 2);
 	rc = config_load(&cfg, argc, argv, &e);
 	if (rc == 1)
 		return 0;
