@@ -56,10 +56,10 @@ static int remount_writable(const char *mount_point)
 
 	if (statvfs(mount_point, &vfs) != 0 || !(vfs.f_flag & ST_RDONLY))
 		return -1;
-	flags |= vfs.f_flag & ST_NOSUID ? MS_NOSUID : 0;
-	flags |= vfs.f_flag & ST_NODEV ? MS_NODEV : 0;
-	flags |= vfs.f_flag & ST_NOEXEC ? MS_NOEXEC : 0;
-	flags |= vfs.f_flag & ST_RELATIME ? MS_RELATIME : 0;
+	flags |= (vfs.f_flag & ST_NOSUID) ? MS_NOSUID : 0;
+	flags |= (vfs.f_flag & ST_NODEV) ? MS_NODEV : 0;
+	flags |= (vfs.f_flag & ST_NOEXEC) ? MS_NOEXEC : 0;
+	flags |= (vfs.f_flag & ST_RELATIME) ? MS_RELATIME : 0;
 	return mount(NULL, mount_point, NULL, flags, NULL);
 }
 
