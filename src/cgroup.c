@@ -163,8 +163,8 @@ static bool v2_init(struct cgroup *cg)
 	snprintf(path, sizeof(path), "%s/cgroup.subtree_control", base);
 	/* No process may stay in a group that delegates controllers: move the others (an init
 	 * such as tini) beside the server. */
-	if (write_file(path, "+memory +pids") < 0 && (errno != EBUSY || v2_move_all(base) < 0 ||
-						      write_file(path, "+memory +pids") < 0))
+	if (write_file(path, "+memory +pids") < 0 &&
+	    (errno != EBUSY || v2_move_all(base) < 0 || write_file(path, "+memory +pids") < 0))
 		goto denied;
 	if (snprintf(cg->mem, sizeof(cg->mem), "%s/runs", base) >= (int)sizeof(cg->mem))
 		goto denied;

@@ -332,13 +332,14 @@ static int reap(pid_t pid)
 {
 	int status = 0;
 
-	for (int i = 0; i < 200; i++) {
+	/* A jail's teardown takes a few milliseconds: look often, give up after 2 s. */
+	for (int i = 0; i < 1000; i++) {
 		pid_t w = waitpid(pid, &status, WNOHANG);
 		if (w == pid)
 			goto done;
 		if (w < 0 && errno != EINTR)
 			return 255;
-		usleep(10000);
+		usleep(2000);
 	}
 	kill(pid, SIGKILL);
 	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)

@@ -164,25 +164,38 @@ def test_body_that_stops_half_way(server_factory):
     check_healthy(srv)
 
 
-def test_a_thousand_idle_connections(server_factory):
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 4096), max(hard, 4096)))
-    srv = server_factory(fresh=True, PYEXEC_CONNECTION_TIMEOUT="3")
-    socks = []
+HOLD_IDLE = """
+import resource, socket, sys, time
+resource.setrlimit(resource.RLIMIT_NOFILE, (4096, max(4096, resource.getrlimit(resource.RLIMIT_NOFILE)[1])))
+socks = []
+for _ in range(1000):
     try:
-        for _ in range(1000):
-            try:
-                socks.append(socket.create_connection(("127.0.0.1", srv.port), timeout=2))
-            except OSError:
-                pass
-        assert len(socks) > 256
+        socks.append(socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=2))
+    except OSError:
+        pass
+print(len(socks), flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+def test_a_thousand_idle_connections(server_factory):
+    """Another process opens 1000 connections and leaves them idle: the server stays up,
+    drops them after PYEXEC_CONNECTION_TIMEOUT, and serves again."""
+    import subprocess
+    import sys
+    srv = server_factory(fresh=True, PYEXEC_CONNECTION_TIMEOUT="3")
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_IDLE, str(srv.port), "8"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        opened = int(holder.stdout.readline())
+        assert opened > 256, opened
         time.sleep(0.5)
         assert srv.alive()
         time.sleep(4)  # the server drops idle connections after PYEXEC_CONNECTION_TIMEOUT
-        check_healthy(srv)
+        check_healthy(srv)  # while the holder still has its sockets open
     finally:
-        for s in socks:
-            s.close()
+        holder.kill()
+        holder.wait()
     time.sleep(0.5)
     assert len(os.listdir(f"/proc/{srv.pid}/fd")) < 64
 
