@@ -342,8 +342,9 @@ def main():
     check_healthy(server)
 
 
-def test_fork_limited(server):
-    script = '''
+def fork_until_refused(child_sleep, then=""):
+    """A script that forks sleeping children until fork fails, and returns how many it got."""
+    return f'''
 import os, time
 def main():
     n = 0
@@ -353,11 +354,15 @@ def main():
         except OSError:
             break
         if pid == 0:
-            time.sleep(30)
+            time.sleep({child_sleep})
             os._exit(0)
         n += 1
-    return n
+{then}    return n
 '''
+
+
+def test_fork_limited(server):
+    script = fork_until_refused(30)
     resp = server.execute(script, timeout=5)
     body = expect_ok(resp)
     assert body["result"] < 1000, f"forked {body['result']} processes: no process limit"
@@ -501,22 +506,7 @@ def main():
 
 def test_process_limit_is_per_run(server):
     """One run holding every process it may have does not stop another run from forking."""
-    hog = '''
-import os, time
-def main():
-    n = 0
-    for _ in range(5000):
-        try:
-            pid = os.fork()
-        except OSError:
-            break
-        if pid == 0:
-            time.sleep(3)
-            os._exit(0)
-        n += 1
-    time.sleep(2)
-    return n
-'''
+    hog = fork_until_refused(3, then="    time.sleep(2)\n")
     other = ("import os\ndef main():\n    pid = os.fork()\n    if pid == 0:\n"
              "        os._exit(0)\n    os.waitpid(pid, 0)\n    return 'forked'\n")
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
