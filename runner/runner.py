@@ -339,10 +339,10 @@ def start():
     try:
         frame = run(result_fd, result_max)
     except BaseException as exc:
+        if os.getpid() != pid:
+            _exit(1)  # a forked child failed, as an uncaught exception would end it
         err = exc if isinstance(exc, ScriptError) else ScriptError(
             "exception", f"Running the script failed: {exc_text(exc)}.", exc)
-        if os.getpid() != pid:
-            _exit(0)  # a forked child came back: only the original reports
         if err.code == "memory_limit":
             # Drop everything the script held (its traceback keeps its frames alive).
             err.exc = None
@@ -351,7 +351,7 @@ def start():
             gc.collect()
         frame = error_frame(err)
     if os.getpid() != pid:
-        _exit(0)
+        _exit(0)  # a forked child came back: only the original process reports
     finish(result_fd, frame)
 
 

@@ -1139,3 +1139,24 @@ def test_burst_of_requests(server):
             expect_result(resp, i)
     assert statuses.get(200, 0) >= 1, statuses
     check_healthy(server)
+
+
+def test_forked_child_that_fails_exits_non_zero(server):
+    """A child forked by main() that raises ends like an uncaught exception (status 1), not
+    silently with 0; one that returns ends with 0; neither reports a frame of its own."""
+    script = '''
+import os
+def main():
+    pid = os.fork()
+    if pid == 0:
+        if os.environ.get("FAIL_CHILD", "1") == "1":
+            raise RuntimeError("child failed")
+        return "child"
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+'''
+    body = expect_ok(server.execute(script))
+    assert body["result"] == 1, body
+    ok_child = script.replace('"1") == "1"', '"1") == "0"')
+    assert expect_ok(server.execute(ok_child))["result"] == 0
+    check_healthy(server)
