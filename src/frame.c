@@ -4,7 +4,6 @@
 
 #include <string.h>
 
-#define HEADER_MAX ((size_t)256 * 1024)
 #define MESSAGE_MAX 4096
 #define TRACEBACK_MAX ((size_t)128 * 1024)
 #define RESULT_DEPTH_MAX 2048
@@ -76,7 +75,7 @@ static int frame_parse_error(size_t rest_len, struct frame *f, struct err *e)
 
 int frame_parse(const char *data, size_t len, struct frame *f, struct err *e)
 {
-	const char *nl = memchr(data, '\n', len < HEADER_MAX ? len : HEADER_MAX);
+	const char *nl = memchr(data, '\n', len < FRAME_HEADER_MAX ? len : FRAME_HEADER_MAX);
 	const char *status;
 	json_error_t jerr;
 

@@ -10,6 +10,10 @@
 
 #include "err.h"
 
+/* The longest header line a frame may have; the result channel may hold this much beyond the
+ * result itself. */
+#define FRAME_HEADER_MAX ((size_t)256 * 1024)
+
 struct frame {
 	bool ok;
 	const char *code;      /* on error: a contract code from the allowlist (static) */

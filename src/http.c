@@ -14,13 +14,13 @@
 #include "api.h"
 #include "buf.h"
 #include "cgroup.h"
+#include "frame.h"
 #include "jail.h"
 #include "log.h"
 #include "metrics.h"
 #include "pool.h"
 #include "run.h"
 
-#define FRAME_HEADER_MAX (256 * 1024 + 64) /* matches frame.c's header cap */
 #define PROBE_SCRIPT "def main():\n    return 1\n"
 #define STOP_DRAIN_SECONDS 3.0
 
@@ -149,8 +149,7 @@ static struct sandbox *sandbox_get(struct http *h, const char *rid)
 		metrics_jail_start(h->metrics, sandbox_start_seconds(sb));
 		return sb;
 	}
-	sandbox_destroy(sb, &failed);
-	jail_done(h->jail, &failed);
+	jail_discard(h->jail, sb, &failed);
 	log_json("ERROR",
 	         json_pack("{s:s,s:i,s:s}", "requestId", rid, "exitCode", failed.exit_code,
 	                   "nsjail", failed.diag),
@@ -168,7 +167,7 @@ static long run_job(struct http *h, const struct job *job, int client_fd, struct
 	    .script_len = job->script_len,
 	    .timeout = job->timeout,
 	    .stdout_max = c->stdout_max,
-	    .chan_max = c->result_max + FRAME_HEADER_MAX,
+	    .chan_max = c->result_max + FRAME_HEADER_MAX + 1, /* + the header's newline */
 	    .cancel_fds = {client_fd, h->stop_fd},
 	    .reaped = jail_reaped,
 	    .reaped_ctx = h->jail,

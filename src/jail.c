@@ -215,6 +215,12 @@ struct sandbox *jail_start(struct jail *j, bool for_pool, struct err *e)
 	return sb;
 }
 
+void jail_discard(struct jail *j, struct sandbox *sb, struct run_result *r)
+{
+	sandbox_destroy(sb, r);
+	jail_done(j, r);
+}
+
 void jail_reaped(void *jail, struct run_result *r)
 {
 	jail_done(jail, r);

@@ -28,7 +28,10 @@ struct sandbox *jail_start(struct jail *j, bool for_pool, struct err *e);
 /* After sandbox_run or sandbox_destroy filled r: learns whether the run met its memory limit
  * and removes its cgroup. */
 void jail_done(struct jail *j, struct run_result *r);
-/* The same, as a run_spec.reaped callback (jail is a struct jail *). */
+/* Ends a sandbox from jail_start that will not run a script (sandbox_destroy, then jail_done);
+ * r gets its start-failure result for logging. */
+void jail_discard(struct jail *j, struct sandbox *sb, struct run_result *r);
+/* The same as jail_done, as a run_spec.reaped callback (jail is a struct jail *). */
 void jail_reaped(void *jail, struct run_result *r);
 void jail_free(struct jail *j);
 
