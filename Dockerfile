@@ -90,7 +90,8 @@ RUN set -eux; \
 COPY --from=nsjail /usr/local/bin/nsjail /usr/local/bin/nsjail
 COPY --from=pyexecd /usr/local/bin/pyexecd /usr/local/bin/pyexecd
 # pyexecd looks for these in /usr/lib/pyexec when it does not run from a checkout.
-COPY runner/runner.py config/nsjail.cfg config/seccomp.kafel /usr/lib/pyexec/
+COPY runner/runner.py config/nsjail.cfg config/nsjail-restricted.cfg config/seccomp.kafel \
+     /usr/lib/pyexec/
 
 # Cloud Run sets PORT; 8080 is also pyexecd's default.
 ENV PORT=8080

@@ -32,6 +32,14 @@ static const struct setting settings[] = {
      "nsjail config (default: in-tree, else installed)"},
     {"seccomp", "PYEXEC_SECCOMP", STR(seccomp), "",
      "kafel seccomp policy (default: in-tree, else installed)"},
+    {"isolation", "PYEXEC_ISOLATION", STR(isolation), "full",
+     "sandbox tier required: full, restricted or auto (the strongest this host allows)"},
+    {"restricted-config", "PYEXEC_RESTRICTED_CONFIG", STR(restricted_config), "",
+     "nsjail config of the restricted tier (default: in-tree, else installed)"},
+    {"run-uid", "PYEXEC_RUN_UID", NUM(K_ULONG, run_uid), "200000",
+     "restricted tier: first of 1024 uids no one else uses, one per live jail"},
+    {"work-dir", "PYEXEC_WORK_DIR", STR(work_dir), "/tmp/pyexec",
+     "restricted tier: where each run gets its private directory"},
     {"timeout", "PYEXEC_TIMEOUT", NUM(K_SECONDS, timeout), "10",
      "default wall-clock seconds per run"},
     {"max-timeout", "PYEXEC_MAX_TIMEOUT", NUM(K_SECONDS, max_timeout), "60",
@@ -170,6 +178,19 @@ static int config_defaults(struct config *c, struct err *e)
 	if (!c->jail_config[0])
 		default_path(c->jail_config, sizeof(c->jail_config), "config/nsjail.cfg",
 		             "/usr/lib/pyexec/nsjail.cfg");
+	if (!c->restricted_config[0])
+		default_path(c->restricted_config, sizeof(c->restricted_config),
+		             "config/nsjail-restricted.cfg",
+		             "/usr/lib/pyexec/nsjail-restricted.cfg");
+	if (strcmp(c->isolation, "full") != 0 && strcmp(c->isolation, "restricted") != 0 &&
+	    strcmp(c->isolation, "auto") != 0)
+		return err_set(e, 0, "config",
+		               "PYEXEC_ISOLATION must be full, restricted or auto, not '%s'",
+		               c->isolation);
+	if (c->run_uid < 1000 || c->run_uid > 4000000000UL)
+		return err_set(e, 0, "config",
+		               "PYEXEC_RUN_UID must be between 1000 and 4000000000, not %lu",
+		               c->run_uid);
 	if (!c->seccomp[0])
 		default_path(c->seccomp, sizeof(c->seccomp), "config/seccomp.kafel",
 		             "/usr/lib/pyexec/seccomp.kafel");

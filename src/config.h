@@ -11,14 +11,18 @@
 struct config {
 	char host[256];
 	unsigned long port;
-	char python[PATH_MAX];      /* interpreter used inside the jail */
-	char nsjail[PATH_MAX];      /* resolved on PATH when not given */
-	char runner[PATH_MAX];      /* runner.py bound read-only into the jail */
-	char jail_config[PATH_MAX]; /* nsjail protobuf-text config */
-	char seccomp[PATH_MAX];     /* kafel policy for the jail */
-	double timeout;             /* default wall-clock seconds per run */
-	double max_timeout;         /* largest timeout a request may ask for */
-	double start_timeout;       /* seconds a jail may take to become ready */
+	char python[PATH_MAX];            /* interpreter used inside the jail */
+	char nsjail[PATH_MAX];            /* resolved on PATH when not given */
+	char runner[PATH_MAX];            /* runner.py bound read-only into the jail */
+	char jail_config[PATH_MAX];       /* nsjail protobuf-text config */
+	char seccomp[PATH_MAX];           /* kafel policy for the jail */
+	char restricted_config[PATH_MAX]; /* nsjail config of the restricted tier */
+	char isolation[16];               /* full, restricted or auto */
+	unsigned long run_uid;            /* first of the restricted tier's run uids */
+	char work_dir[PATH_MAX];          /* holds the restricted tier's working directories */
+	double timeout;                   /* default wall-clock seconds per run */
+	double max_timeout;               /* largest timeout a request may ask for */
+	double start_timeout;             /* seconds a jail may take to become ready */
 	unsigned long memory_mb;
 	unsigned long max_procs;
 	unsigned long max_files;

@@ -15,22 +15,33 @@
 #include "buf.h"
 #include "cgroup.h"
 #include "frame.h"
+#include "isolation.h"
 #include "jail.h"
 #include "log.h"
 #include "metrics.h"
 #include "pool.h"
 #include "run.h"
+#include "runuser.h"
 
-#define PROBE_SCRIPT "def main():\n    return 1\n"
+/* Checks, from inside, what every tier promises: a uid that is not the server's, and seccomp. */
+#define PROBE_SCRIPT                                                                               \
+	"import os\n"                                                                              \
+	"def main():\n"                                                                            \
+	"    with open('/proc/self/status') as f:\n"                                               \
+	"        seccomp = 'Seccomp:\\t2' in f.read()\n"                                           \
+	"    return {'uid': os.getuid(), 'seccomp': seccomp}\n"
 #define STOP_DRAIN_SECONDS 3.0
 
 struct http {
 	const struct config *cfg;
 	struct MHD_Daemon *daemon;
 	struct cgroup cg;
-	struct jail *jail; /* NULL when the jail cannot be built; jail_problem says why */
-	char jail_problem[512];
+	struct jail *jail; /* NULL when no allowed tier works here; jail_problem says why */
+	char jail_problem[2048];
 	bool probe_ok;
+	struct isolation iso;
+	enum jail_tier tier; /* when jail is set */
+	json_t *iso_report;  /* what tier_choose learned, shown by /healthz */
 	atomic_bool shutting_down;
 	atomic_uint answering; /* /execute requests whose answer is not yet sent */
 	int stop_fd;           /* eventfd, readable once in-flight runs must stop */
@@ -224,10 +235,9 @@ static enum MHD_Result execute(struct http *h, struct MHD_Connection *conn, cons
 	double waited;
 	long ms;
 
+	/* Fail closed: no script runs outside a tier the operator accepted. */
 	if (!h->jail)
-		return respond_error(conn, "POST", url, rq, 500, "internal",
-		                     "The sandbox is not available on this server (nsjail or its "
-		                     "files are missing); the operator must fix the installation.",
+		return respond_error(conn, "POST", url, rq, 500, "internal", h->jail_problem,
 		                     no_header);
 	if (api_request_parse(rq->body.data ? rq->body.data : "", rq->body.len, &h->lim, &job, &e) <
 	    0) {
@@ -290,11 +300,14 @@ static enum MHD_Result healthz(struct http *h, struct MHD_Connection *conn, cons
 	if (!ok)
 		json_object_set_new(o, "message", json_string(why));
 	json_object_set_new(o, "poolReady", json_integer(pool_ready(h->pool)));
-	json_object_set_new(o, "limits",
-	                    json_string(h->cg.mode == CGROUP_NONE
-	                                    ? "rlimits only (no writable cgroup)"
-	                                : h->cg.mode == CGROUP_V2 ? "cgroup v2 and rlimits"
-	                                                          : "cgroup v1 and rlimits"));
+	if (h->iso_report)
+		json_object_set(o, "isolation", h->iso_report);
+	json_object_set_new(
+	    o, "limits",
+	    json_string(h->jail && h->tier == JAIL_RESTRICTED ? "rlimits only (restricted tier)"
+	                : h->cg.mode == CGROUP_NONE           ? "rlimits only (no writable cgroup)"
+	                : h->cg.mode == CGROUP_V2             ? "cgroup v2 and rlimits"
+	                                                      : "cgroup v1 and rlimits"));
 	body = json_dumps(o, JSON_COMPACT);
 	json_decref(o);
 	return text_response(conn, method, url, rq, ok ? 200 : 503, body);
@@ -429,20 +442,116 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **state,
 	*state = NULL;
 }
 
-/* Runs a trivial script end to end so a broken sandbox shows at start-up, not on a request. */
-static void self_check(struct http *h)
+/* True when the answer to PROBE_SCRIPT shows a jailed uid and an active seccomp policy. */
+static bool probe_answer_ok(const struct response *r)
+{
+	json_t *o = r->status == 200 ? json_loadb(r->body, r->len, 0, NULL) : NULL;
+	json_t *res = json_object_get(o, "result");
+	json_int_t uid = json_integer_value(json_object_get(res, "uid"));
+	bool ok = json_is_integer(json_object_get(res, "uid")) && uid != 0 &&
+	          uid != (json_int_t)geteuid() && json_is_true(json_object_get(res, "seccomp"));
+
+	json_decref(o);
+	return ok;
+}
+
+/* Runs the probe script end to end in h->jail, so a broken sandbox shows at start-up, not on a
+ * request. A second try absorbs a start that was only slow. */
+static bool self_check(struct http *h)
 {
 	struct job job = {
 	    .script = (char *)PROBE_SCRIPT, .script_len = strlen(PROBE_SCRIPT), .timeout = 5};
-	struct response r = {0};
 	double t0 = run_now();
+	bool ok = false;
 
-	run_job(h, &job, -1, &r, "self-check");
-	h->probe_ok = r.status == 200;
-	log_json(h->probe_ok ? "INFO" : "ERROR",
-	         json_pack("{s:b,s:f}", "ok", h->probe_ok, "durationMs", (run_now() - t0) * 1e3),
-	         "sandbox self-check %s", h->probe_ok ? "passed" : "failed");
-	api_response_free(&r);
+	for (int i = 0; i < 2 && !ok; i++) {
+		struct response r = {0};
+		run_job(h, &job, -1, &r, "self-check");
+		ok = probe_answer_ok(&r);
+		api_response_free(&r);
+	}
+	log_json(ok ? "INFO" : "WARNING",
+	         json_pack("{s:b,s:s,s:f}", "ok", ok, "tier", jail_tier_name(h->tier), "durationMs",
+	                   (run_now() - t0) * 1e3),
+	         "sandbox self-check of tier %s %s", jail_tier_name(h->tier),
+	         ok ? "passed" : "failed");
+	return ok;
+}
+
+/* Builds the tier's jail and runs the self-check in it; on failure why says what failed. */
+static bool tier_try(struct http *h, enum jail_tier tier, char *why, size_t n)
+{
+	struct err je;
+
+	h->tier = tier;
+	h->jail = jail_new(h->cfg, &h->cg, tier, &je);
+	if (!h->jail) {
+		/* The details (paths) go to the log; clients get what to look for. */
+		log_error("tier %s: %s", jail_tier_name(tier), je.message);
+		snprintf(why, n,
+		         "nsjail or its files are missing, or the run uids or work "
+		         "directory are unusable (the server log says which)");
+		return false;
+	}
+	if (self_check(h))
+		return true;
+	jail_free(h->jail);
+	h->jail = NULL;
+	snprintf(why, n, "its jail could not start or failed its self-check (see the log)");
+	return false;
+}
+
+/* Why the required tier is out of reach, and what to do about it. */
+static void tier_problem(struct http *h, const char *full_why, const char *restricted_why)
+{
+	const char *want = h->cfg->isolation;
+	char missing[256];
+
+	isolation_missing_full(&h->iso, missing, sizeof(missing));
+	if (strcmp(want, "restricted") == 0)
+		snprintf(h->jail_problem, sizeof(h->jail_problem),
+		         "The sandbox could not start in isolation tier restricted: %s. It needs "
+		         "nsjail, root in the container (to run each script as its own uid) and "
+		         "seccomp; setuid %s, seccomp %s here.",
+		         restricted_why, h->iso.ok[ISO_SETUID] ? "works" : "is refused",
+		         h->iso.ok[ISO_SECCOMP] ? "works" : "is refused");
+	else
+		snprintf(
+		    h->jail_problem, sizeof(h->jail_problem),
+		    "The sandbox could not start in isolation tier full: %s%s. Fix: give the "
+		    "container what nsjail needs for namespaces (docker run --cap-add SYS_ADMIN "
+		    "--security-opt seccomp=unconfined --security-opt systempaths=unconfined), "
+		    "or set PYEXEC_ISOLATION=auto to accept the restricted tier (no namespaces: "
+		    "each script runs as its own uid with rlimits, a private directory and "
+		    "seccomp, and can see other processes and world-readable files)%s%s.",
+		    missing[0] ? "this host refuses " : "", missing[0] ? missing : full_why,
+		    strcmp(want, "auto") == 0 ? "; the restricted tier failed too: " : "",
+		    strcmp(want, "auto") == 0 ? restricted_why : "");
+}
+
+/* Learns what the host allows and takes the strongest tier PYEXEC_ISOLATION accepts. */
+static void tier_choose(struct http *h)
+{
+	const char *want = h->cfg->isolation;
+	char full_why[512] = "not tried", restricted_why[512] = "not tried";
+	bool ok = false;
+	json_t *report;
+
+	isolation_probe(h->cfg, (uid_t)(h->cfg->run_uid + RUNUSER_COUNT - 1), &h->iso);
+	if (strcmp(want, "restricted") != 0)
+		ok = tier_try(h, JAIL_FULL, full_why, sizeof(full_why));
+	if (!ok && strcmp(want, "full") != 0)
+		ok = tier_try(h, JAIL_RESTRICTED, restricted_why, sizeof(restricted_why));
+	h->probe_ok = ok;
+	if (!ok)
+		tier_problem(h, full_why, restricted_why);
+	report = json_pack("{s:s,s:s?,s:o,s:s?,s:f}", "requested", want, "tier",
+	                   ok ? jail_tier_name(h->tier) : NULL, "host", isolation_json(&h->iso),
+	                   "problem", ok ? NULL : h->jail_problem, "probeMs", h->iso.ms);
+	h->iso_report = report;
+	log_json(ok ? "INFO" : "ERROR", json_pack("{s:O}", "isolation", report),
+	         "sandbox isolation: %s%s (requested %s)",
+	         ok ? "tier " : "no tier: ", ok ? jail_tier_name(h->tier) : h->jail_problem, want);
 }
 
 static int parse_addr(const struct config *c, struct sockaddr_in *sa, struct err *e)
@@ -457,8 +566,6 @@ static int parse_addr(const struct config *c, struct sockaddr_in *sa, struct err
 
 static int http_parts(struct http *h, const struct config *c, struct err *e)
 {
-	struct err je;
-
 	h->cfg = c;
 	h->lim = (struct api_limits){c->timeout, c->max_timeout, c->result_max, c->memory_mb};
 	h->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -473,17 +580,11 @@ static int http_parts(struct http *h, const struct config *c, struct err *e)
 		         h->cg.why);
 	else
 		log_info("per-run memory and process limits: cgroup %s", cgroup_mode_name(&h->cg));
-	h->jail = jail_new(c, &h->cg, &je);
-	if (!h->jail) {
-		snprintf(h->jail_problem, sizeof(h->jail_problem), "%s", je.message);
-		log_error("sandbox unavailable: %s", je.message);
-	}
-	/* Self-check first, with the pool still empty, so the check starts a jail itself. */
-	h->pool = pool_new(h->jail, 0, 1, 1, h->metrics, e);
+	/* Self-checks first, with the pool still empty, so each check starts a jail itself. */
+	h->pool = pool_new(NULL, 0, 1, 1, h->metrics, e);
 	if (!h->pool)
 		return -1;
-	if (h->jail)
-		self_check(h);
+	tier_choose(h);
 	if (h->jail && c->pool) {
 		pool_free(h->pool);
 		h->pool = pool_new(h->jail, (unsigned)c->pool, c->pool_max_age, c->start_timeout,
@@ -498,6 +599,7 @@ static void http_free(struct http *h)
 {
 	pool_free(h->pool);
 	jail_free(h->jail);
+	json_decref(h->iso_report);
 	admit_free(h->admit);
 	metrics_free(h->metrics);
 	if (h->stop_fd >= 0)

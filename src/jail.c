@@ -8,9 +8,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "log.h"
+#include "runuser.h"
 
 #define ARGS_MAX 64
 
@@ -22,11 +24,19 @@ struct args {
 };
 
 struct jail {
-	const struct cgroup *cg;
+	enum jail_tier tier;
+	const struct cgroup *cg; /* full tier only; the restricted tier has rlimits alone */
 	unsigned long long mem_bytes;
 	struct args cold, pool;
-	atomic_ulong runs; /* names each run's cgroup */
+	atomic_ulong runs;        /* names each run's cgroup */
+	struct runusers *users;   /* restricted tier: the runs' uids and directories */
+	struct spawn_user limits; /* restricted tier: the limits, filled in per run */
 };
+
+const char *jail_tier_name(enum jail_tier tier)
+{
+	return tier == JAIL_FULL ? "full" : "restricted";
+}
 
 static int jail_add(struct args *a, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
@@ -83,13 +93,58 @@ static bool can_renice(void)
 	return cap && (strtoull(cap + 7, NULL, 16) >> 23) & 1; /* CAP_SYS_NICE */
 }
 
+/* The policy file defines the policies; the statement that picks the tier's comes last. Comments
+ * and indentation are dropped: the text travels on nsjail's command line. */
+static char *seccomp_text(const char *path, enum jail_tier tier)
+{
+	char line[1024], *out = NULL;
+	size_t len = 0, cap = 0;
+	FILE *f = fopen(path, "re");
+
+	if (!f)
+		return NULL;
+	while (fgets(line, sizeof(line), f)) {
+		char *start = line + strspn(line, " \t"), *comment = strstr(start, "//");
+		size_t n;
+		if (comment)
+			*comment = '\0';
+		n = strcspn(start, "\r\n");
+		while (n && (start[n - 1] == ' ' || start[n - 1] == '\t'))
+			n--;
+		if (!n)
+			continue;
+		if (len + n + 2 > cap || len > 65536) {
+			char *grown = len > 65536 ? NULL : realloc(out, cap = cap * 2 + n + 4096);
+			if (!grown)
+				goto fail;
+			out = grown;
+		}
+		memcpy(out + len, start, n);
+		len += n;
+		out[len++] = '\n';
+		out[len] = '\0';
+	}
+	if (ferror(f) || !out)
+		goto fail;
+	fclose(f);
+	char *text = NULL;
+	if (asprintf(&text, "%sUSE pyexec_%s DEFAULT ALLOW\n", out, jail_tier_name(tier)) < 0)
+		text = NULL;
+	free(out);
+	return text;
+fail:
+	fclose(f);
+	free(out);
+	return NULL;
+}
+
 /* cgroup limits for the whole run, where the host lets us have them. */
 static int cgroup_args(struct args *a, const struct jail *j, const struct config *c)
 {
 	const struct cgroup *cg = j->cg;
 	int rc = 0;
 
-	if (cg->mode == CGROUP_NONE)
+	if (cg->mode == CGROUP_NONE || j->tier != JAIL_FULL)
 		return 0;
 	rc |= jail_add(a, "--cgroup_mem_max=%llu", j->mem_bytes);
 	rc |= jail_add(a, "--cgroup_pids_max=%lu", c->max_procs);
@@ -105,34 +160,49 @@ static int cgroup_args(struct args *a, const struct jail *j, const struct config
 	return rc;
 }
 
+/* Full tier: a fresh root with read-only binds of the interpreter, its library and the
+ * runner, and a private tmpfs. */
+static int full_args(struct args *a, const struct config *c, const char *py, const char *lib)
+{
+	int rc = 0;
+
+	rc |= jail_add(a, "--config=%s", c->jail_config);
+	rc |= jail_add(a, "--rlimit_as=%lu", c->memory_mb);
+	rc |= jail_add(a, "--rlimit_fsize=%lu", c->tmp_mb);
+	rc |= jail_add(a, "--rlimit_nofile=%lu", c->max_files);
+	rc |= jail_add(a, "--rlimit_nproc=%lu", c->max_procs);
+	rc |= jail_add(a, "--bindmount_ro=%s", py);
+	rc |= jail_add(a, "--bindmount_ro=%s", lib);
+	rc |= jail_add(a, "--bindmount_ro=%s:/pyexec/runner.py", c->runner);
+	rc |= jail_add(a, "--mount=none:/tmp:tmpfs:size=%lum,mode=0700", c->tmp_mb);
+	return rc;
+}
+
 static int jail_build(struct args *a, const struct jail *j, const struct config *c, const char *py,
-                      const char *lib, bool for_pool)
+                      const char *lib, const char *policy, bool for_pool)
 {
 	/* The server's deadline is the real limit; nsjail's are a backstop should it vanish. A
 	 * pool jail may also wait up to its maximum age for a script. */
 	unsigned long cpu = (unsigned long)ceil(c->max_timeout + c->start_timeout) + 5;
 	unsigned long wall = cpu + (for_pool ? (unsigned long)ceil(c->pool_max_age) : 0);
+	bool full = j->tier == JAIL_FULL;
 	int rc = 0;
 
 	rc |= jail_add(a, "%s", c->nsjail);
-	rc |= jail_add(a, "--config=%s", c->jail_config);
-	rc |= jail_add(a, "--seccomp_policy=%s", c->seccomp);
+	if (full)
+		rc |= full_args(a, c, py, lib);
+	else
+		rc |= jail_add(a, "--config=%s", c->restricted_config);
+	rc |= jail_add(a, "--seccomp_string=%s", policy);
 	rc |= jail_add(a, "--time_limit=%lu", wall);
-	rc |= jail_add(a, "--rlimit_cpu=%lu", cpu);
+	if (full)
+		rc |= jail_add(a, "--rlimit_cpu=%lu", cpu);
 	/* Refilling the pool yields to runs; the server restores priority at the hand-over,
 	 * which needs CAP_SYS_NICE. */
 	if (for_pool && can_renice())
 		rc |= jail_add(a, "--nice_level=19");
-	rc |= jail_add(a, "--rlimit_as=%lu", c->memory_mb);
-	rc |= jail_add(a, "--rlimit_fsize=%lu", c->tmp_mb);
-	rc |= jail_add(a, "--rlimit_nofile=%lu", c->max_files);
-	rc |= jail_add(a, "--rlimit_nproc=%lu", c->max_procs);
 	rc |= jail_add(a, "--pass_fd=%d", JAIL_RESULT_FD);
 	rc |= jail_add(a, "--pass_fd=%d", JAIL_STATUS_FD);
-	rc |= jail_add(a, "--bindmount_ro=%s", py);
-	rc |= jail_add(a, "--bindmount_ro=%s", lib);
-	rc |= jail_add(a, "--bindmount_ro=%s:/pyexec/runner.py", c->runner);
-	rc |= jail_add(a, "--mount=none:/tmp:tmpfs:size=%lum,mode=0700", c->tmp_mb);
 	rc |= cgroup_args(a, j, c);
 	a->split = a->argc;
 	rc |= jail_add(a, "--");
@@ -140,7 +210,7 @@ static int jail_build(struct args *a, const struct jail *j, const struct config 
 	rc |= jail_add(a, "%s", py);
 	rc |= jail_add(a, "-I");
 	rc |= jail_add(a, "-u");
-	rc |= jail_add(a, "/pyexec/runner.py");
+	rc |= jail_add(a, "%s", full ? "/pyexec/runner.py" : c->runner);
 	rc |= jail_add(a, "%d", JAIL_RESULT_FD);
 	rc |= jail_add(a, "%d", JAIL_STATUS_FD);
 	rc |= jail_add(a, "%lu", c->result_max);
@@ -148,14 +218,44 @@ static int jail_build(struct args *a, const struct jail *j, const struct config 
 	return rc ? -1 : 0;
 }
 
-struct jail *jail_new(const struct config *c, const struct cgroup *cg, struct err *e)
+/* Restricted tier: what nsjail would set inside namespaces, set by the server before exec. */
+static void restricted_limits(struct spawn_user *u, const struct config *c)
 {
-	char py[PATH_MAX], lib[PATH_MAX];
+	const struct {
+		int resource;
+		unsigned long long value;
+	} l[SPAWN_LIMITS] = {
+	    {RLIMIT_AS, (unsigned long long)c->memory_mb << 20},
+	    {RLIMIT_CPU, (unsigned long long)ceil(c->max_timeout + c->start_timeout) + 5},
+	    {RLIMIT_FSIZE, (unsigned long long)c->tmp_mb << 20},
+	    {RLIMIT_NOFILE, c->max_files},
+	    {RLIMIT_NPROC, c->max_procs},
+	    {RLIMIT_CORE, 0},
+	    {RLIMIT_STACK, 8ULL << 20},
+	    {RLIMIT_MEMLOCK, 0},
+	    {RLIMIT_MSGQUEUE, 0},
+	};
+
+	for (int i = 0; i < SPAWN_LIMITS; i++) {
+		u->limits[i].resource = l[i].resource;
+		u->limits[i].value = l[i].value;
+	}
+	u->nlimits = SPAWN_LIMITS;
+}
+
+struct jail *jail_new(const struct config *c, const struct cgroup *cg, enum jail_tier tier,
+                      struct err *e)
+{
+	char py[PATH_MAX], lib[PATH_MAX], *policy = NULL;
 	struct jail *j;
 
 	if (need_file(c->nsjail, X_OK, "nsjail", "PYEXEC_NSJAIL", e) < 0 ||
 	    need_file(c->runner, R_OK, "runner.py", "PYEXEC_RUNNER", e) < 0 ||
-	    need_file(c->jail_config, R_OK, "the nsjail config", "PYEXEC_JAIL_CONFIG", e) < 0 ||
+	    (tier == JAIL_FULL &&
+	     need_file(c->jail_config, R_OK, "the nsjail config", "PYEXEC_JAIL_CONFIG", e) < 0) ||
+	    (tier == JAIL_RESTRICTED &&
+	     need_file(c->restricted_config, R_OK, "the restricted tier's nsjail config",
+	               "PYEXEC_RESTRICTED_CONFIG", e) < 0) ||
 	    need_file(c->seccomp, R_OK, "the seccomp policy", "PYEXEC_SECCOMP", e) < 0 ||
 	    need_file(c->python, X_OK, "Python", "PYEXEC_PYTHON", e) < 0)
 		return NULL;
@@ -165,31 +265,60 @@ struct jail *jail_new(const struct config *c, const struct cgroup *cg, struct er
 		        c->python);
 		return NULL;
 	}
-	j = calloc(1, sizeof(*j));
-	if (j) {
-		j->cg = cg;
-		j->mem_bytes = (unsigned long long)c->memory_mb << 20;
-	}
-	if (!j || jail_build(&j->cold, j, c, py, lib, false) < 0 ||
-	    jail_build(&j->pool, j, c, py, lib, true) < 0) {
-		jail_free(j);
-		err_set(e, 500, "internal", "out of memory building the jail command");
+	policy = seccomp_text(c->seccomp, tier);
+	if (!policy) {
+		err_set(e, 500, "internal", "cannot read the seccomp policy '%s' (PYEXEC_SECCOMP)",
+		        c->seccomp);
 		return NULL;
 	}
+	j = calloc(1, sizeof(*j));
+	if (!j)
+		goto oom;
+	j->tier = tier;
+	j->cg = cg;
+	j->mem_bytes = (unsigned long long)c->memory_mb << 20;
+	if (tier == JAIL_RESTRICTED) {
+		restricted_limits(&j->limits, c);
+		j->users = runusers_new((uid_t)c->run_uid, c->work_dir, e);
+		if (!j->users)
+			goto fail;
+	}
+	if (jail_build(&j->cold, j, c, py, lib, policy, false) < 0 ||
+	    jail_build(&j->pool, j, c, py, lib, policy, true) < 0)
+		goto oom;
+	free(policy);
 	return j;
+oom:
+	err_set(e, 500, "internal", "out of memory building the jail command");
+fail:
+	free(policy);
+	jail_free(j);
+	return NULL;
 }
 
 struct sandbox *jail_start(struct jail *j, bool for_pool, struct err *e)
 {
 	const struct args *a = for_pool ? &j->pool : &j->cold;
-	char *argv[ARGS_MAX + 3], name[32], opt[2][PATH_MAX + 64];
+	char *argv[ARGS_MAX + 4], name[32], opt[3][PATH_MAX + 64], dir[PATH_MAX];
+	struct spawn_user user;
 	struct sandbox *sb;
 	int n = 0;
 
 	snprintf(name, sizeof(name), "run-%d-%lu", (int)getpid(), atomic_fetch_add(&j->runs, 1));
 	for (int i = 0; i < a->split; i++)
 		argv[n++] = a->argv[i];
-	if (j->cg->mode != CGROUP_NONE) {
+	if (j->tier == JAIL_RESTRICTED) {
+		user = j->limits;
+		if (runusers_take(j->users, &user.uid, dir, e) < 0)
+			return NULL;
+		user.gid = (gid_t)user.uid;
+		user.dir = dir;
+		snprintf(opt[0], sizeof(opt[0]), "--cwd=%s", dir);
+		snprintf(opt[1], sizeof(opt[1]), "--env=HOME=%s", dir);
+		snprintf(opt[2], sizeof(opt[2]), "--env=TMPDIR=%s", dir);
+		for (int i = 0; i < 3; i++)
+			argv[n++] = opt[i];
+	} else if (j->cg->mode != CGROUP_NONE) {
 		if (cgroup_run_create(j->cg, name) < 0) {
 			err_set(e, 500, "internal", "cannot create the run's cgroup %s", name);
 			return NULL;
@@ -209,7 +338,13 @@ struct sandbox *jail_start(struct jail *j, bool for_pool, struct err *e)
 	for (int i = a->split; i < a->argc; i++)
 		argv[n++] = a->argv[i];
 	argv[n] = NULL;
-	sb = sandbox_start(argv, name, e);
+	if (j->tier == JAIL_RESTRICTED) {
+		sb = sandbox_start(argv, name, &user, e);
+		if (!sb)
+			runusers_give_back(j->users, user.uid);
+		return sb;
+	}
+	sb = sandbox_start(argv, name, NULL, e);
 	if (!sb)
 		cgroup_run_remove(j->cg, name);
 	return sb;
@@ -228,7 +363,14 @@ void jail_reaped(void *jail, struct run_result *r)
 
 void jail_done(struct jail *j, struct run_result *r)
 {
-	if (j->cg->mode == CGROUP_NONE || !r->tag[0] || r->reaped_later)
+	if (r->reaped_later)
+		return;
+	if (j->tier == JAIL_RESTRICTED) {
+		if (r->uid)
+			runusers_give_back(j->users, r->uid);
+		return;
+	}
+	if (j->cg->mode == CGROUP_NONE || !r->tag[0])
 		return;
 	r->memory_hit = cgroup_run_hit_memory(j->cg, r->tag, j->mem_bytes);
 	cgroup_run_remove(j->cg, r->tag);
@@ -242,5 +384,6 @@ void jail_free(struct jail *j)
 		free(j->cold.argv[i]);
 	for (int i = 0; i < j->pool.argc; i++)
 		free(j->pool.argv[i]);
+	runusers_free(j->users);
 	free(j);
 }

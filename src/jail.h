@@ -16,17 +16,27 @@
  * process's exit status once it is gone. */
 #define JAIL_STATUS_FD 4
 
+/* The two ways to jail a run, both through nsjail (docs/security.md compares them). */
+enum jail_tier {
+	JAIL_FULL,       /* namespaces, read-only binds, a tmpfs, seccomp, cgroups or rlimits */
+	JAIL_RESTRICTED, /* no namespaces: a uid of its own, rlimits, a private directory, seccomp
+	                  */
+};
+
 struct jail;
 
-/* Checks that nsjail, the interpreter, the runner and the configs exist, and builds the command.
- * cg (from cgroup_init) must outlive j. Returns NULL with e filled when something is missing.
- * Free with jail_free. */
-struct jail *jail_new(const struct config *c, const struct cgroup *cg, struct err *e);
+/* Checks that nsjail, the interpreter, the runner and the configs exist, and builds the command
+ * for tier. cg (from cgroup_init) must outlive j. Returns NULL with e filled when something is
+ * missing. Free with jail_free. */
+struct jail *jail_new(const struct config *c, const struct cgroup *cg, enum jail_tier tier,
+                      struct err *e);
+const char *jail_tier_name(enum jail_tier tier);
 /* Starts one jail in a cgroup of its own. A jail for the pool imports the preload modules
  * before it says it is ready; a cold one imports nothing the script does not. */
 struct sandbox *jail_start(struct jail *j, bool for_pool, struct err *e);
 /* After sandbox_run or sandbox_destroy filled r: learns whether the run met its memory limit
- * and removes its cgroup. */
+ * and removes its cgroup; in the restricted tier, ends what still runs as the run's uid, removes
+ * its files and frees the uid. */
 void jail_done(struct jail *j, struct run_result *r);
 /* Ends a sandbox from jail_start that will not run a script (sandbox_destroy, then jail_done);
  * r gets its start-failure result for logging. */

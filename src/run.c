@@ -22,6 +22,8 @@
 
 struct sandbox {
 	pid_t pid;
+	uid_t
+	    uid; /* restricted tier: the run's own uid, whose every process dies with it; else 0 */
 	int in, out, err, chan, status; /* the parent's ends; -1 once closed */
 	struct buf ready;               /* result-channel bytes before the hand-over */
 	struct buf diag;                /* nsjail's own messages */
@@ -76,7 +78,17 @@ static void sandbox_free(struct sandbox *sb)
 	free(sb);
 }
 
-struct sandbox *sandbox_start(char *const *argv, const char *tag, struct err *e)
+/* Ends the jail. In the restricted tier nothing dies with nsjail, so every process of the
+ * run's uid is killed too. */
+static void sandbox_kill(pid_t pid, uid_t uid)
+{
+	kill(pid, SIGKILL);
+	if (uid)
+		spawn_kill_user(uid);
+}
+
+struct sandbox *sandbox_start(char *const *argv, const char *tag, const struct spawn_user *user,
+                              struct err *e)
 {
 	/* The child's descriptors 0-4: stdin, stdout, stderr, result channel, init status. */
 	const int parent_end[SPAWN_FDS] = {1, 0, 0, 0, 0};
@@ -95,6 +107,7 @@ struct sandbox *sandbox_start(char *const *argv, const char *tag, struct err *e)
 	buf_init(&sb->diag, DIAG_MAX);
 	sb->started_at = run_now();
 	sb->pid = -1;
+	sb->uid = user ? user->uid : 0;
 	for (i = 0; i < SPAWN_FDS; i++)
 		p[i][0] = p[i][1] = *mine[i] = -1;
 	for (i = 0; i < SPAWN_FDS && pipe_pair(p[i], parent_end[i]) == 0; i++)
@@ -102,7 +115,7 @@ struct sandbox *sandbox_start(char *const *argv, const char *tag, struct err *e)
 	if (i < SPAWN_FDS)
 		err_set(e, 500, "internal", "cannot create pipes: %s", strerror(errno));
 	else
-		sb->pid = spawn_process(argv, child, e);
+		sb->pid = spawn_process(argv, child, user, e);
 	/* The child's ends are the child's alone now. */
 	for (i = 0; i < SPAWN_FDS; i++) {
 		close_fd(&p[i][!parent_end[i]]);
@@ -272,7 +285,7 @@ static void write_script(struct io *io)
 static void kill_jail(struct io *io, enum run_end why)
 {
 	/* nsjail's child dies with it (PDEATHSIG), and with the namespace's init every process. */
-	kill(io->sb->pid, SIGKILL);
+	sandbox_kill(io->sb->pid, io->sb->uid);
 	io->killed = true;
 	io->r->end = why;
 	io->deadline = run_now() + DRAIN_SECONDS;
@@ -328,7 +341,7 @@ static void drain(struct io *io)
 }
 
 /* All pipes are closed or given up on; make sure nsjail is gone and collect its status. */
-static int reap(pid_t pid)
+static int reap(pid_t pid, uid_t uid)
 {
 	int status = 0;
 
@@ -341,7 +354,7 @@ static int reap(pid_t pid)
 			return 255;
 		usleep(2000);
 	}
-	kill(pid, SIGKILL);
+	sandbox_kill(pid, uid);
 	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
 		;
 done:
@@ -354,8 +367,9 @@ static void sandbox_end(struct sandbox *sb, struct run_result *r)
 {
 	size_t n;
 
-	r->exit_code = reap(sb->pid);
+	r->exit_code = reap(sb->pid, sb->uid);
 	memcpy(r->tag, sb->tag, sizeof(r->tag));
+	r->uid = sb->uid;
 	n = sb->diag.len < sizeof(r->diag) - 1 ? sb->diag.len : sizeof(r->diag) - 1;
 	if (n)
 		memcpy(r->diag, sb->diag.data + sb->diag.len - n, n);
@@ -367,6 +381,7 @@ static void sandbox_end(struct sandbox *sb, struct run_result *r)
  * kernel's teardown of a jail takes milliseconds that no request needs to wait for. */
 struct reap_job {
 	pid_t pid;
+	uid_t uid;
 	char tag[32];
 	void (*done)(void *ctx, struct run_result *r);
 	void *ctx;
@@ -391,8 +406,9 @@ static void *reaper_main(void *arg)
 		reap_queue = job->next;
 		pthread_mutex_unlock(&reap_mu);
 		memset(&r, 0, sizeof(r));
-		r.exit_code = reap(job->pid);
+		r.exit_code = reap(job->pid, job->uid);
 		memcpy(r.tag, job->tag, sizeof(r.tag));
+		r.uid = job->uid;
 		if (job->done)
 			job->done(job->ctx, &r);
 		free(job);
@@ -413,6 +429,7 @@ static bool reap_later(struct sandbox *sb, const struct run_spec *s)
 	if (!job)
 		return false;
 	job->pid = sb->pid;
+	job->uid = sb->uid;
 	memcpy(job->tag, sb->tag, sizeof(job->tag));
 	job->done = s->reaped;
 	job->ctx = s->reaped_ctx;
@@ -477,15 +494,18 @@ void sandbox_run(struct sandbox *sb, const struct run_spec *s, struct run_result
 	}
 	drain(&io);
 	r->exec_ms = (long)((run_now() - handover) * 1000);
-	if (io.init_status == 0 && !io.killed && reap_later(sb, s)) {
+	/* The restricted tier ends the run's uid before answering, so the next run never sees
+	 * what this one left behind. */
+	if (io.init_status == 0 && !io.killed && !sb->uid && reap_later(sb, s)) {
 		r->exit_code = 0;
 		memcpy(r->tag, sb->tag, sizeof(r->tag));
+		r->uid = sb->uid;
 		r->reaped_later = true;
 		sb->pid = -1;
 		sandbox_free(sb);
 		return;
 	}
-	kill(sb->pid, SIGKILL); /* the init may linger after closing its pipes */
+	sandbox_kill(sb->pid, sb->uid); /* the init may linger after closing its pipes */
 	sandbox_end(sb, r);
 	/* The init saw how the script's process ended; nsjail only how the init did. */
 	if (io.init_status >= 0 && !io.killed)
@@ -498,7 +518,7 @@ void sandbox_destroy(struct sandbox *sb, struct run_result *r)
 
 	if (!sb)
 		return;
-	kill(sb->pid, SIGKILL);
+	sandbox_kill(sb->pid, sb->uid);
 	/* Keep nsjail's last words for the log when it failed on its own. */
 	while (sb->err >= 0) {
 		struct pollfd p = {.fd = sb->err, .events = POLLIN};

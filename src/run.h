@@ -8,6 +8,7 @@
 
 #include "buf.h"
 #include "err.h"
+#include "spawn.h"
 
 enum run_end {
 	RUN_EXITED,       /* the jail exited by itself */
@@ -38,6 +39,7 @@ struct run_result {
 	struct buf chan;   /* result channel after the ready line */
 	long exec_ms;      /* from hand-over to end */
 	char tag[32];      /* the sandbox's tag (its cgroup name) */
+	uid_t uid;         /* restricted tier: the run's uid (0 otherwise), to give back */
 	bool memory_hit;   /* its cgroup reached the memory limit (set by jail_done) */
 	bool reaped_later; /* the jail is still going away: spec->reaped will see it */
 	char diag[512];    /* tail of nsjail's own messages, for the server log only */
@@ -46,8 +48,10 @@ struct run_result {
 struct sandbox;
 
 /* Starts nsjail with argv; does not wait for it. tag names it (copied into its run result).
- * NULL with e filled when it cannot start. */
-struct sandbox *sandbox_start(char *const *argv, const char *tag, struct err *e);
+ * With user (restricted tier), nsjail starts as that user, and every kill of the sandbox kills
+ * all of user's processes. NULL with e filled when it cannot start. */
+struct sandbox *sandbox_start(char *const *argv, const char *tag, const struct spawn_user *user,
+                              struct err *e);
 /* Reads what the jail sent before the hand-over. Returns 1 once the runner said it is ready,
  * 0 while it is still starting, -1 when it died or misbehaved (then destroy it). */
 int sandbox_check(struct sandbox *sb);

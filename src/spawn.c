@@ -1,12 +1,23 @@
 #include "spawn.h"
 
+#include <errno.h>
+#include <dirent.h>
+#include <fcntl.h>
+#include <grp.h>
 #include <signal.h>
 #include <spawn.h>
+#include <stdbool.h>
+#include <stdio.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 static char *const empty_env[] = {NULL};
 
-pid_t spawn_process(char *const argv[], const int fds[SPAWN_FDS], struct err *e)
+static pid_t spawn_plain(char *const argv[], const int fds[SPAWN_FDS], struct err *e)
 {
 	posix_spawn_file_actions_t fa;
 	posix_spawnattr_t attr;
@@ -39,4 +50,186 @@ pid_t spawn_process(char *const argv[], const int fds[SPAWN_FDS], struct err *e)
 		return -1;
 	}
 	return pid;
+}
+
+/* Between fork and exec only async-signal-safe calls: the server has other threads. */
+static int close_from(int first, int max_fd)
+{
+	if (syscall(SYS_close_range, (unsigned)first, ~0U, 0) == 0)
+		return 0;
+	for (int fd = first; fd < max_fd; fd++)
+		close(fd);
+	return 0;
+}
+
+static int child_fds(const int fds[SPAWN_FDS], int report, int max_fd)
+{
+	int base = SPAWN_FDS;
+
+	for (int i = 0; i < SPAWN_FDS; i++)
+		base = fds[i] >= base ? fds[i] + 1 : base;
+	base = report >= base ? report + 1 : base;
+	for (int i = 0; i < SPAWN_FDS; i++)
+		if (dup2(fds[i], base + i) < 0)
+			return -1;
+	if (dup2(report, base + SPAWN_FDS) < 0)
+		return -1;
+	for (int i = 0; i < SPAWN_FDS; i++)
+		if (dup2(base + i, i) < 0)
+			return -1;
+	/* The report pipe ends up just above the child's descriptors, closed on exec. */
+	if (dup2(base + SPAWN_FDS, SPAWN_FDS) < 0 || fcntl(SPAWN_FDS, F_SETFD, FD_CLOEXEC) < 0)
+		return -1;
+	return close_from(SPAWN_FDS + 1, max_fd);
+}
+
+static int child_become(const struct spawn_user *u)
+{
+	for (int i = 0; i < u->nlimits; i++) {
+		struct rlimit rl = {u->limits[i].value, u->limits[i].value};
+		if (setrlimit(u->limits[i].resource, &rl) < 0)
+			return -1;
+	}
+	umask(077);
+	if (chdir(u->dir) < 0 || setgroups(0, NULL) < 0 || setresgid(u->gid, u->gid, u->gid) < 0 ||
+	    setresuid(u->uid, u->uid, u->uid) < 0)
+		return -1;
+	/* Never exec with a way back to the server's identity. */
+	if (getuid() != u->uid || geteuid() != u->uid || setresuid(0, 0, 0) == 0)
+		return -1;
+	return 0;
+}
+
+static void child_main(char *const argv[], const int fds[SPAWN_FDS], const struct spawn_user *u,
+                       int report, int max_fd)
+{
+	sigset_t none;
+	int err;
+
+	for (int sig = 1; sig < NSIG; sig++)
+		signal(sig, SIG_DFL);
+	sigemptyset(&none);
+	if (setsid() < 0 || child_fds(fds, report, max_fd) < 0 || child_become(u) < 0 ||
+	    sigprocmask(SIG_SETMASK, &none, NULL) < 0)
+		goto fail;
+	execve(argv[0], argv, empty_env);
+fail:
+	err = errno ? errno : EPERM;
+	(void)!write(SPAWN_FDS, &err, sizeof(err));
+	_exit(127);
+}
+
+static pid_t spawn_as(char *const argv[], const int fds[SPAWN_FDS], const struct spawn_user *u,
+                      struct err *e)
+{
+	int report[2], err = 0, max_fd = (int)sysconf(_SC_OPEN_MAX), status;
+	pid_t pid;
+	ssize_t n;
+
+	if (pipe2(report, O_CLOEXEC) < 0) {
+		err_set(e, 500, "internal", "cannot create a pipe: %s", strerror(errno));
+		return -1;
+	}
+	pid = fork();
+	if (pid == 0)
+		child_main(argv, fds, u, report[1], max_fd);
+	close(report[1]);
+	if (pid < 0) {
+		close(report[0]);
+		err_set(e, 500, "internal", "cannot fork: %s", strerror(errno));
+		return -1;
+	}
+	/* The exec closes the report pipe; an error number arrives only on failure. */
+	while ((n = read(report[0], &err, sizeof(err))) < 0 && errno == EINTR)
+		;
+	close(report[0]);
+	if (n <= 0)
+		return pid;
+	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+		;
+	err_set(e, 500, "internal", "cannot start %s as uid %u: %s", argv[0], (unsigned)u->uid,
+	        strerror(err));
+	return -1;
+}
+
+pid_t spawn_process(char *const argv[], const int fds[SPAWN_FDS], const struct spawn_user *user,
+                    struct err *e)
+{
+	return user ? spawn_as(argv, fds, user, e) : spawn_plain(argv, fds, e);
+}
+
+/* True while some process of uid is alive (zombies do not count: they run nothing, and their
+ * parent, not us, reaps them). */
+static bool user_has_live_process(uid_t uid)
+{
+	DIR *d = opendir("/proc");
+	struct dirent *de;
+	bool found = false;
+
+	if (!d)
+		return true;
+	while (!found && (de = readdir(d))) {
+		char path[300], text[2048], *st, *u;
+		ssize_t n;
+		int fd;
+
+		if (de->d_name[0] < '1' || de->d_name[0] > '9')
+			continue;
+		snprintf(path, sizeof(path), "/proc/%s/status", de->d_name);
+		fd = open(path, O_RDONLY | O_CLOEXEC);
+		n = fd >= 0 ? read(fd, text, sizeof(text) - 1) : -1;
+		if (fd >= 0)
+			close(fd);
+		if (n <= 0)
+			continue;
+		text[n] = '\0';
+		st = strstr(text, "\nState:");
+		u = strstr(text, "\nUid:");
+		if (!st || !u)
+			continue;
+		/* Uid: real effective saved fs; any of them makes it the run's. */
+		unsigned long ids[4] = {0, 0, 0, 0};
+		if (sscanf(u + 5, "%lu %lu %lu %lu", &ids[0], &ids[1], &ids[2], &ids[3]) != 4)
+			continue;
+		bool mine = ids[0] == uid || ids[1] == uid || ids[2] == uid || ids[3] == uid;
+		found = mine && strchr("ZX", st[strspn(st + 7, " \t") + 7]) == NULL;
+	}
+	closedir(d);
+	return found;
+}
+
+static int kill_round(uid_t uid)
+{
+	int status;
+	pid_t pid = fork();
+
+	if (pid == 0) {
+		/* As uid, kill(-1) reaches exactly uid's processes, never this one. */
+		if (setresuid(uid, uid, uid) < 0)
+			_exit(2);
+		for (int i = 0; i < 3; i++)
+			kill(-1, SIGKILL);
+		_exit(0);
+	}
+	if (pid < 0)
+		return -1;
+	while (waitpid(pid, &status, 0) < 0)
+		if (errno != EINTR)
+			return -1;
+	return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : -1;
+}
+
+int spawn_kill_user(uid_t uid)
+{
+	if (uid == 0)
+		return -1;
+	/* A fork racing a round is caught by the next; RLIMIT_NPROC bounds how many there are. */
+	for (int i = 0; i < 200; i++) {
+		if (kill_round(uid) < 0)
+			return -1;
+		if (!user_has_live_process(uid))
+			return 0;
+		usleep(i < 5 ? 1000 : 10000);
+	}
+	return -1;
 }

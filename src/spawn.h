@@ -1,4 +1,4 @@
-/* spawn: the only code that starts processes. */
+/* spawn: the only code that starts processes, and that ends a run user's processes. */
 #ifndef PYEXEC_SPAWN_H
 #define PYEXEC_SPAWN_H
 
@@ -7,11 +7,31 @@
 #include "err.h"
 
 #define SPAWN_FDS 5
+#define SPAWN_LIMITS 9
+
+/* Who a process of the restricted tier runs as, and what it may use: set by the server before
+ * exec, because nsjail cannot set them without namespaces on every host. */
+struct spawn_user {
+	uid_t uid;
+	gid_t gid;
+	const char *dir; /* its working directory */
+	struct {
+		int resource;
+		unsigned long long value; /* soft and hard */
+	} limits[SPAWN_LIMITS];
+	int nlimits;
+};
 
 /* Starts argv with fds[i] as its descriptor i (0 <= i < SPAWN_FDS) and every other descriptor
  * closed, in a new session, with an empty signal mask, default signal dispositions and an empty
- * environment. Returns the pid, which the caller then owns (it must kill and reap it), or -1
- * with e filled. */
-pid_t spawn_process(char *const argv[], const int fds[SPAWN_FDS], struct err *e);
+ * environment. With user, the process first takes user's limits, directory, umask 077, no
+ * supplementary groups, and user's uid and gid. Returns the pid, which the caller then owns (it
+ * must kill and reap it), or -1 with e filled. */
+pid_t spawn_process(char *const argv[], const int fds[SPAWN_FDS], const struct spawn_user *user,
+                    struct err *e);
+
+/* Sends SIGKILL to every process of uid (never 0) until none is left. Returns 0 when none is
+ * left, -1 when some survived or the kill could not be attempted. */
+int spawn_kill_user(uid_t uid);
 
 #endif

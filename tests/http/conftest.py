@@ -21,7 +21,7 @@ import shutil
 
 import pytest
 
-from pyexec_testlib import ExternalServer, Server, binary_path, external_url
+from pyexec_testlib import ExternalServer, Server, binary_path, external_url, local_tier
 
 # The limits of the "small" server: one server shared by every limit test.
 SMALL_ENV = {
@@ -132,10 +132,55 @@ def server(request):
 
 
 @pytest.fixture(scope="session")
+def restricted_server(request):
+    """A server in the restricted tier: started here (this host allows both tiers), or the
+    external one when that is what it runs."""
+    if external_url():
+        if suite_tier(request) != "restricted":
+            pytest.skip("the external server does not run the restricted tier")
+        return request.getfixturevalue("external_server")
+    return request.getfixturevalue("server_factory")(PYEXEC_ISOLATION="restricted")
+
+
+@pytest.fixture(scope="session")
 def small_server(server_factory):
     """A server with small caps: body 1000 B, stdout 100 B, result 100 B,
     max timeout 5 s, default timeout 2 s, memory 256 MB."""
     return server_factory(**SMALL_ENV)
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "full_tier_only(reason): a guarantee the restricted isolation tier does not "
+        "give; listed in docs/security.md's tier table, and skipped with that reason there")
+
+
+_TIER = {}
+
+
+def suite_tier(request):
+    """The tier of the servers under test: external mode asks /healthz, local mode starts
+    servers with $PYEXEC_TEST_ISOLATION."""
+    if not external_url():
+        return local_tier()
+    if "tier" not in _TIER:
+        health = request.getfixturevalue("external_server").get("/healthz").json()
+        _TIER["tier"] = (health.get("isolation") or {}).get("tier") or "full"
+    return _TIER["tier"]
+
+
+@pytest.fixture
+def tier(request):
+    """The isolation tier of the server under test: "full" or "restricted"."""
+    return suite_tier(request)
+
+
+@pytest.fixture(autouse=True)
+def _tier_exceptions(request):
+    marker = request.node.get_closest_marker("full_tier_only")
+    if marker and suite_tier(request) != "full":
+        pytest.skip(f"tier {suite_tier(request)} does not give this (docs/security.md, tier "
+                    f"table): {marker.args[0]}")
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -11,6 +11,7 @@ the Docker image (``ExternalServer``; see tests/image/run.sh).
 """
 
 import http.client
+import itertools
 import json
 import os
 import select
@@ -123,22 +124,43 @@ def raw_request(port, method, path, body=b"", headers=None, timeout=60.0,
         sock.close()
 
 
+def local_tier():
+    """The isolation tier local servers are started with: $PYEXEC_TEST_ISOLATION (full or
+    restricted), default full."""
+    tier = os.environ.get("PYEXEC_TEST_ISOLATION") or "full"
+    if tier not in ("full", "restricted"):
+        raise ValueError(f"PYEXEC_TEST_ISOLATION must be full or restricted, not {tier!r}")
+    return tier
+
+
+_run_uid_blocks = itertools.count()
+
+
+def next_run_uid():
+    """A block of 1024 run uids no other server of this session uses (two servers sharing a
+    block would kill each other's restricted runs; pyexecd refuses to start then)."""
+    return 300000 + 1024 * (next(_run_uid_blocks) % 2000)
+
+
 class Server:
     """A running pyexecd started by the test-suite."""
 
-    def __init__(self, name, extra_env, log_dir, start_timeout=None):
+    def __init__(self, name, extra_env, log_dir, start_timeout=None, prefix=()):
+        """prefix: a command that runs pyexecd (it gets pyexecd's command line)."""
         self.name = name
         self.extra_env = dict(extra_env)
         self.port = free_port()
         self.log_path = Path(log_dir) / f"pyexecd-{name}-{self.port}.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("PYEXEC_")}
         env.update(CANARY_ENV)
+        env["PYEXEC_ISOLATION"] = local_tier()
+        env["PYEXEC_RUN_UID"] = str(next_run_uid())
         env.update(self.extra_env)
         self.env = env
         self.binary = binary_path()
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            [str(self.binary), "--host", "127.0.0.1", "--port", str(self.port)],
+            [*prefix, str(self.binary), "--host", "127.0.0.1", "--port", str(self.port)],
             env=env, cwd=str(REPO_ROOT), stdin=subprocess.DEVNULL,
             stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
         if start_timeout is None:

@@ -127,16 +127,23 @@ def test_pandas_groupby_sum(server):
     expect_result(server.execute(script), {"a": 4, "b": 2, "c": 4})
 
 
-def test_cwd_is_empty_tmp(server):
-    script = "import os\ndef main():\n    return [os.getcwd(), sorted(os.listdir('/tmp'))]\n"
-    expect_result(server.execute(script), ["/tmp", []])
+def test_cwd_is_empty_tmp(server, tier):
+    """The script starts in an empty directory of its own, which is also its HOME and TMPDIR:
+    /tmp in the full tier, a private directory in the restricted one."""
+    script = ("import os\ndef main():\n    cwd = os.getcwd()\n"
+              "    return [cwd, os.environ['HOME'], os.environ['TMPDIR'], os.listdir(cwd)]\n")
+    cwd, home, tmpdir, entries = expect_ok(server.execute(script))["result"]
+    assert cwd == home == tmpdir and entries == [], (cwd, home, tmpdir, entries)
+    if tier == "full":
+        assert cwd == "/tmp"
 
 
 def test_tmp_is_writable(server):
-    script = ("def main():\n"
+    script = ("import tempfile\n"
+              "def main():\n"
               "    with open('data.txt', 'w') as f:\n"
               "        f.write('x' * 1000)\n"
-              "    with open('/tmp/data.txt') as f:\n"
+              "    with open(tempfile.gettempdir() + '/data.txt') as f:\n"
               "        return len(f.read())\n")
     expect_result(server.execute(script), 1000)
 

@@ -7,7 +7,9 @@ import shutil
 import signal
 import socket
 import stat
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -59,7 +61,18 @@ def test_nsjail_missing(unhealthy):
     assert srv.alive()
 
 
-def test_nsjail_loses_its_exec_bit(server_factory, tmp_path):
+@pytest.fixture
+def open_tmp_path():
+    """A directory every uid may traverse (pytest's are root's alone): the restricted tier
+    execs nsjail as the run's uid."""
+    path = Path(tempfile.mkdtemp(prefix="pyexec-test-"))
+    os.chmod(path, 0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_nsjail_loses_its_exec_bit(server_factory, open_tmp_path):
+    tmp_path = open_tmp_path
     copy = tmp_path / "nsjail"
     shutil.copy(shutil.which("nsjail"), copy)
     srv = server_factory(fresh=True, PYEXEC_NSJAIL=str(copy), PYEXEC_POOL="0")
@@ -79,7 +92,8 @@ def test_nsjail_loses_its_exec_bit(server_factory, tmp_path):
 def test_jail_that_cannot_start(unhealthy, tmp_path):
     bad = tmp_path / "nsjail.cfg"
     bad.write_text("this is not a protobuf text config {\n")
-    srv = unhealthy(PYEXEC_JAIL_CONFIG=str(bad), PYEXEC_POOL="1")
+    srv = unhealthy(PYEXEC_JAIL_CONFIG=str(bad), PYEXEC_RESTRICTED_CONFIG=str(bad),
+                    PYEXEC_POOL="1")
     health = srv.get("/healthz")
     assert health.status == 503, health
     body = expect_error(srv.execute(OK), 500, "internal")

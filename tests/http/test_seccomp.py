@@ -139,7 +139,9 @@ def test_policy_is_what_denies(server_factory, tmp_path):
     """The same probe under an allow-all policy: the calls marked as needing no privilege do
     not fail with EPERM there, so it is the policy that stops them in the real jail."""
     allow_all = tmp_path / "allow.kafel"
-    allow_all.write_text("POLICY nothing { ERRNO(1) { acct } }\nUSE nothing DEFAULT ALLOW\n")
+    # pyexecd picks pyexec_full or pyexec_restricted by tier; here both deny only acct.
+    allow_all.write_text("POLICY pyexec_full { ERRNO(1) { acct } }\n"
+                         "POLICY pyexec_restricted { USE pyexec_full }\n")
     srv = server_factory(fresh=True, PYEXEC_SECCOMP=str(allow_all))
     calls = {name: (nr, list(args)) for name, (nr, args, _, free) in CALLS.items() if free}
     got = expect_ok(srv.execute(f"CALLS = {calls!r}\n" + PROBE, timeout=10))["result"]

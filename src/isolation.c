@@ -1,0 +1,139 @@
+#include "isolation.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "run.h"
+#include "spawn.h"
+
+#define PROBE_SECONDS 5.0
+#define PROBE_ARGS 32
+
+static const char *const names[ISO_PROBES] = {
+    "userNamespace", "pidNamespace",    "mountNamespace", "networkNamespace", "ipcNamespace",
+    "utsNamespace",  "cgroupNamespace", "procMount",      "setuid",           "seccomp",
+};
+
+/* nsjail's switch for each namespace, in enum order. */
+static const char *const ns_flags[7] = {
+    "--disable_clone_newuser",   "--disable_clone_newpid", "--disable_clone_newns",
+    "--disable_clone_newnet",    "--disable_clone_newipc", "--disable_clone_newuts",
+    "--disable_clone_newcgroup",
+};
+
+const char *isolation_name(enum isolation_probe p)
+{
+	return names[p];
+}
+
+/* Runs argv with nothing but /dev/null for input and output; true when it exits 0 in time. */
+static bool probe_run(char *const argv[], const struct spawn_user *user)
+{
+	int null = open("/dev/null", O_RDWR | O_CLOEXEC), fds[SPAWN_FDS], status = 0;
+	double end = run_now() + PROBE_SECONDS;
+	struct err e;
+	pid_t pid, w;
+
+	if (null < 0)
+		return false;
+	for (int i = 0; i < SPAWN_FDS; i++)
+		fds[i] = null;
+	pid = spawn_process(argv, fds, user, &e);
+	close(null);
+	if (pid < 0)
+		return false;
+	while ((w = waitpid(pid, &status, WNOHANG)) == 0 && run_now() < end)
+		usleep(2000);
+	if (w != pid) {
+		kill(pid, SIGKILL);
+		while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+			;
+		status = -1;
+	}
+	if (user)
+		spawn_kill_user(user->uid);
+	return w == pid && WIFEXITED(status) && WEXITSTATUS(status) == 0;
+}
+
+/* One probe: nsjail with the namespaces in `keep` (a bit per ISO_*_NS) and the extra options,
+ * running `code` with the host's interpreter. */
+static bool probe(const struct config *c, unsigned keep, const char *const *extra, const char *code,
+                  const struct spawn_user *user)
+{
+	char *argv[PROBE_ARGS];
+	int n = 0;
+
+	argv[n++] = (char *)c->nsjail;
+	argv[n++] = "--mode=o";
+	argv[n++] = "--quiet";
+	argv[n++] = "--time_limit=5";
+	for (int i = 0; i < 7; i++)
+		if (!(keep & (1u << i)))
+			argv[n++] = (char *)ns_flags[i];
+	while (extra && *extra)
+		argv[n++] = (char *)*extra++;
+	argv[n++] = "--";
+	argv[n++] = (char *)c->python;
+	argv[n++] = "-I";
+	argv[n++] = "-S";
+	argv[n++] = "-c";
+	argv[n++] = (char *)code;
+	argv[n] = NULL;
+	return probe_run(argv, user);
+}
+
+void isolation_probe(const struct config *c, uid_t probe_uid, struct isolation *iso)
+{
+	static const char *const no_proc[] = {"--disable_proc", NULL};
+	static const char *const ro_root[] = {"--chroot=/", "--disable_proc", NULL};
+	static const char *const with_proc[] = {"--chroot=/", NULL};
+	/* getppid cannot fail, so -1 from it is the policy's answer. */
+	static const char *const deny_getppid[] = {
+	    "--seccomp_string=POLICY p { ERRNO(1) { getppid } } USE p DEFAULT ALLOW", NULL};
+	char code[160];
+	struct spawn_user as = {.uid = probe_uid, .gid = (gid_t)probe_uid, .dir = "/"};
+	double t0 = run_now();
+
+	memset(iso, 0, sizeof(*iso));
+	for (int ns = ISO_USER_NS; ns <= ISO_CGROUP_NS; ns++)
+		iso->ok[ns] =
+		    probe(c, 1u << ns, ns == ISO_MOUNT_NS ? ro_root : no_proc, "pass", NULL);
+	iso->ok[ISO_PROC] = probe(c, 1u << ISO_MOUNT_NS | 1u << ISO_PID_NS, with_proc,
+	                          "import os; os.stat('/proc/self/status')", NULL);
+	/* As the probe uid, as the restricted tier runs: no privilege left, and no way back. */
+	snprintf(code, sizeof(code),
+	         "import os\nassert os.getuid() == os.geteuid() == %u\ntry: os.setuid(0)\n"
+	         "except PermissionError: pass\nelse: raise SystemExit(3)",
+	         (unsigned)probe_uid);
+	iso->ok[ISO_SETUID] = probe(c, 0, no_proc, code, &as);
+	iso->ok[ISO_SECCOMP] =
+	    iso->ok[ISO_SETUID] &&
+	    probe(c, 0, deny_getppid, "import os; raise SystemExit(0 if os.getppid() == -1 else 3)",
+	          &as);
+	iso->ms = (run_now() - t0) * 1e3;
+}
+
+void isolation_missing_full(const struct isolation *iso, char *out, size_t n)
+{
+	size_t off = 0;
+
+	out[0] = '\0';
+	for (int p = ISO_USER_NS; p <= ISO_PROC && off < n; p++)
+		if (!iso->ok[p])
+			off +=
+			    (size_t)snprintf(out + off, n - off, "%s%s", off ? ", " : "", names[p]);
+}
+
+json_t *isolation_json(const struct isolation *iso)
+{
+	json_t *o = json_object();
+
+	for (int p = 0; p < ISO_PROBES && o; p++)
+		json_object_set_new(o, names[p], json_boolean(iso->ok[p]));
+	return o;
+}

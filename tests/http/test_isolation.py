@@ -1,0 +1,380 @@
+"""Isolation tiers: the start-up self-check, failing closed, and what the restricted tier
+(no namespaces) guarantees instead. docs/security.md has the tier table these tests follow.
+
+A host that forbids namespaces is emulated with real nsjail and the real kernel: pyexecd runs
+under an outer nsjail whose seccomp policy refuses namespace creation, mount and pivot_root, as
+Docker's default profile does. tests/platforms/run.sh repeats this under Docker and gVisor."""
+
+import concurrent.futures
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from pyexec_testlib import (CANARY_VALUE, expect_error, expect_ok, expect_result, external_url,
+                            next_run_uid)
+from test_faults import OK, UnhealthyServer
+
+NAMESPACE_PROBES = ["userNamespace", "pidNamespace", "mountNamespace", "networkNamespace",
+                    "ipcNamespace", "utsNamespace", "cgroupNamespace", "procMount"]
+
+# What Docker's default seccomp profile refuses a container without CAP_SYS_ADMIN, in kafel.
+DOCKER_LIKE_POLICY = """
+#define CLONE_NEW_ANY 0x7E020080
+POLICY docker_like {
+  ERRNO(1) { unshare, setns, mount, umount, pivot_root, clone { (clone_flags & CLONE_NEW_ANY) != 0 } },
+  ERRNO(38) { clone3 }
+}
+USE docker_like DEFAULT ALLOW
+"""
+
+
+def local_only():
+    if external_url():
+        pytest.skip("needs this host's file system or starts servers of its own")
+
+
+@pytest.fixture
+def no_namespaces(tmp_path):
+    """A command prefix that runs pyexecd where namespaces are refused."""
+    local_only()
+    policy = tmp_path / "docker-like.kafel"
+    policy.write_text(DOCKER_LIKE_POLICY)
+    return (shutil.which("nsjail"), "--mode=o", "--quiet", "--time_limit=0", "--keep_env",
+            "--keep_caps", "--forward_signals", "--disable_rlimits", "--disable_clone_newuser",
+            "--disable_clone_newns", "--disable_clone_newpid", "--disable_clone_newnet",
+            "--disable_clone_newipc", "--disable_clone_newuts", "--disable_clone_newcgroup",
+            f"--seccomp_policy={policy}", "--")
+
+
+@pytest.fixture
+def unhealthy(tmp_path):
+    """Starts servers that may have no working sandbox; each must still stop cleanly."""
+    local_only()
+    started = []
+
+    def start(prefix=(), **env):
+        srv = UnhealthyServer("isolation", env, tmp_path, prefix=prefix)
+        started.append(srv)
+        return srv
+
+    yield start
+    for srv in started:
+        srv.stop()
+        # Under the outer nsjail the exit status is nsjail's; the log shows pyexecd's stop.
+        assert "stopping (0 runs had to be stopped)" in srv.log_path.read_text(), \
+            srv.log_tail()
+
+
+def isolation(srv):
+    return srv.get("/healthz").json()["isolation"]
+
+
+# --- the self-check -------------------------------------------------------------------
+
+def test_healthz_reports_the_tier_and_what_the_host_allows(server, tier):
+    iso = isolation(server)
+    assert iso["tier"] == tier, iso
+    assert set(iso["host"]) == set(NAMESPACE_PROBES) | {"setuid", "seccomp"}, iso
+    assert all(isinstance(v, bool) for v in iso["host"].values()), iso
+    assert iso["host"]["setuid"] and iso["host"]["seccomp"], iso
+    if tier == "full":
+        assert all(iso["host"][p] for p in NAMESPACE_PROBES), iso
+
+
+def test_self_check_is_one_json_log_line(server_factory):
+    local_only()
+    srv = server_factory(fresh=True)
+    lines = [ln for ln in srv.log_path.read_text().splitlines() if '"isolation"' in ln]
+    assert len(lines) == 1, lines
+    import json
+    entry = json.loads(lines[0])
+    assert entry["isolation"]["tier"] == isolation(srv)["tier"], entry
+    assert entry["isolation"]["host"] == isolation(srv)["host"], entry
+
+
+def test_full_refuses_where_namespaces_are_denied(unhealthy, no_namespaces):
+    srv = unhealthy(prefix=no_namespaces, PYEXEC_ISOLATION="full",
+                    PYEXEC_RUN_UID=str(next_run_uid()))
+    health = srv.get("/healthz")
+    assert health.status == 503, health
+    iso = health.json()["isolation"]
+    assert iso["tier"] is None and iso["requested"] == "full", iso
+    assert not any(iso["host"][p] for p in NAMESPACE_PROBES), iso
+    body = expect_error(srv.execute(OK), 500, "internal")
+    message = body["message"]
+    # names what is missing, and both ways out
+    for needed in ("userNamespace", "mountNamespace", "--cap-add SYS_ADMIN",
+                   "seccomp=unconfined", "PYEXEC_ISOLATION=auto"):
+        assert needed in message, message
+    assert health.json()["message"] == message
+    assert '"POST /execute 200' not in srv.log_path.read_text()
+
+
+def test_auto_takes_restricted_where_namespaces_are_denied(unhealthy, no_namespaces):
+    srv = unhealthy(prefix=no_namespaces, PYEXEC_ISOLATION="auto",
+                    PYEXEC_RUN_UID=str(next_run_uid()))
+    health = srv.get("/healthz")
+    assert health.status == 200, health
+    assert health.json()["isolation"]["tier"] == "restricted", health
+    assert health.json()["limits"] == "rlimits only (restricted tier)", health
+    got = expect_ok(srv.execute(RESTRICTED_FACTS))["result"]
+    assert got["uid"] != 0 and got["seccomp"] and got["inet"] == 97, got
+
+
+def test_auto_takes_full_where_it_works(server_factory):
+    local_only()
+    srv = server_factory(PYEXEC_ISOLATION="auto")
+    assert isolation(srv)["tier"] == "full"
+    assert expect_ok(srv.execute("import os\ndef main():\n    return os.getuid()\n"))[
+        "result"] == 65534
+
+
+def test_bad_isolation_setting_is_refused(server_factory):
+    local_only()
+    import subprocess
+    from pyexec_testlib import binary_path
+    out = subprocess.run([str(binary_path()), "--isolation", "none"], capture_output=True,
+                         text=True, timeout=10)
+    assert out.returncode == 2, out
+    assert "PYEXEC_ISOLATION must be full, restricted or auto" in out.stderr, out
+
+
+def test_run_uids_in_use_by_another_server(unhealthy):
+    base = str(next_run_uid())
+    first = unhealthy(PYEXEC_ISOLATION="restricted", PYEXEC_RUN_UID=base)
+    assert first.get("/healthz").status == 200
+    second = unhealthy(PYEXEC_ISOLATION="restricted", PYEXEC_RUN_UID=base)
+    assert second.get("/healthz").status == 503
+    body = expect_error(second.execute(OK), 500, "internal")
+    assert "the server log says which" in body["message"], body
+    assert "in use by another pyexecd" in second.log_path.read_text()
+    expect_result(first.execute(OK), 42)
+
+
+# --- the restricted tier ----------------------------------------------------------------
+
+RESTRICTED_FACTS = '''
+import os, socket
+def main():
+    try:
+        socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        inet = 0
+    except OSError as e:
+        inet = e.errno
+    with open("/proc/self/status") as f:
+        seccomp = "Seccomp:\\t2" in f.read()
+    return {"uid": os.getuid(), "seccomp": seccomp, "inet": inet}
+'''
+
+
+def test_restricted_runs_under_nsjail(restricted_server):
+    """The script's process tree is nsjail -> the runner's init -> the script."""
+    script = '''
+import os
+def ppid(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return int(next(l for l in f if l.startswith("PPid:")).split()[1])
+def main():
+    init = ppid(os.getpid())
+    jail = ppid(init)
+    return [os.path.basename(os.readlink(f"/proc/{jail}/exe")), os.getpid() != init]
+'''
+    expect_result(restricted_server.execute(script), ["nsjail", True])
+
+
+def test_restricted_limits_set_before_exec(restricted_server):
+    script = '''
+import resource as r
+def main():
+    names = ["RLIMIT_AS", "RLIMIT_CPU", "RLIMIT_FSIZE", "RLIMIT_NOFILE", "RLIMIT_NPROC",
+             "RLIMIT_CORE"]
+    return {n: list(r.getrlimit(getattr(r, n))) for n in names}
+'''
+    got = expect_ok(restricted_server.execute(script))["result"]
+    env = restricted_server.env
+    mib = 1 << 20
+    assert got["RLIMIT_AS"] == [int(env.get("PYEXEC_MEMORY_MB", 512)) * mib] * 2, got
+    assert got["RLIMIT_FSIZE"] == [int(env.get("PYEXEC_TMP_MB", 64)) * mib] * 2, got
+    assert got["RLIMIT_NOFILE"] == [int(env.get("PYEXEC_MAX_FILES", 256))] * 2, got
+    assert got["RLIMIT_NPROC"] == [int(env.get("PYEXEC_MAX_PROCS", 32))] * 2, got
+    assert got["RLIMIT_CORE"] == [0, 0], got
+    cpu = got["RLIMIT_CPU"]
+    assert cpu[0] == cpu[1] and 0 < cpu[0] < 3600, got
+
+
+def test_restricted_environment_is_scrubbed(restricted_server):
+    script = "import os\ndef main():\n    return dict(os.environ)\n"
+    env = expect_ok(restricted_server.execute(script))["result"]
+    assert set(env) == {"PATH", "LANG", "HOME", "TMPDIR", "OPENBLAS_NUM_THREADS",
+                        "OMP_NUM_THREADS", "MKL_NUM_THREADS"}, env
+    assert CANARY_VALUE not in repr(env)
+
+
+def test_restricted_no_socket_but_unix(restricted_server):
+    script = '''
+import socket
+def main():
+    out = {}
+    for name in ["AF_INET", "AF_INET6", "AF_NETLINK", "AF_PACKET"]:
+        try:
+            socket.socket(getattr(socket, name), socket.SOCK_DGRAM if name != "AF_PACKET" else socket.SOCK_RAW)
+            out[name] = 0
+        except OSError as e:
+            out[name] = e.errno
+    a, b = socket.socketpair()
+    a.sendall(b"ok")
+    out["unix"] = b.recv(2).decode()
+    return out
+'''
+    expect_result(restricted_server.execute(script),
+                  {"AF_INET": 97, "AF_INET6": 97, "AF_NETLINK": 97, "AF_PACKET": 97,
+                   "unix": "ok"})
+
+
+def test_restricted_no_ipc_objects_that_outlive_the_run(restricted_server):
+    script = '''
+import ctypes, multiprocessing
+def main():
+    libc = ctypes.CDLL(None, use_errno=True)
+    shm = libc.shmget(0, 4096, 0o1600)
+    shm_errno = ctypes.get_errno()
+    lock = multiprocessing.Lock()  # a POSIX semaphore: a file in /dev/shm, swept after
+    with lock:
+        pass
+    return [shm, shm_errno]
+'''
+    expect_result(restricted_server.execute(script), [-1, 1])
+
+
+def test_restricted_concurrent_runs_cannot_touch_each_other(server_factory):
+    """Two runs at once get different uids: neither can signal the other, read its files,
+    its environment or its memory map, or trace it."""
+    local_only()
+    srv = server_factory(PYEXEC_ISOLATION="restricted", PYEXEC_CONCURRENCY="2")
+    marker = f"pyexec-victim-{uuid.uuid4().hex}"
+    victim = f'''
+import os, subprocess, sys, time
+def main():
+    with open("secret.txt", "w") as f:
+        f.write("victim data")
+    os.chmod(".", 0o755)  # even a directory opened up is behind its parent's 0700
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(20)", {marker!r}])
+    time.sleep(6)
+    child.kill()
+    return os.getuid()
+'''
+    attacker = f'''
+import ctypes, os, signal, time
+MARK = {marker!r}.encode()
+def find():
+    for pid in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{{pid}}/cmdline", "rb") as f:
+                if MARK in f.read():
+                    return int(pid)
+        except OSError:
+            pass
+def attempt(fn):
+    try:
+        fn()
+        return "allowed"
+    except OSError as e:
+        return e.errno
+def main():
+    for _ in range(100):
+        pid = find()
+        if pid:
+            break
+        time.sleep(0.05)
+    with open(f"/proc/{{pid}}/status") as f:
+        uid = int(next(l for l in f if l.startswith("Uid:")).split()[1])
+    libc = ctypes.CDLL(None, use_errno=True)
+    return {{
+        "uids": [os.getuid(), uid],
+        "kill": attempt(lambda: os.kill(pid, signal.SIGKILL)),
+        "environ": attempt(lambda: open(f"/proc/{{pid}}/environ").read()),
+        "maps": attempt(lambda: open(f"/proc/{{pid}}/maps").read()),
+        "cwd": attempt(lambda: os.listdir(f"/proc/{{pid}}/cwd")),
+        "secret": attempt(lambda: open(os.readlink(f"/proc/{{pid}}/cwd") + "/secret.txt").read()),
+        "ptrace": libc.ptrace(16, pid, 0, 0),  # PTRACE_ATTACH
+    }}
+'''
+    with concurrent.futures.ThreadPoolExecutor(2) as ex:
+        first = ex.submit(srv.execute, victim, 15)
+        time.sleep(0.5)
+        got = expect_ok(ex.submit(srv.execute, attacker, 10).result())["result"]
+        victim_uid = expect_ok(first.result())["result"]
+    mine, theirs = got["uids"]
+    assert mine != theirs and theirs == victim_uid, got
+    assert got["kill"] == 1 and got["environ"] == 13 and got["maps"] == 13, got
+    assert got["cwd"] == 13 and got["secret"] in (1, 13), got
+    assert got["ptrace"] == -1, got
+
+
+def test_restricted_cannot_read_server_environment(restricted_server):
+    """No process's environment but the run's own is readable: the server's (with its
+    canary secrets) least of all."""
+    local_only()
+    script = '''
+import os
+def main():
+    readable = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                data = f.read()
+            st = os.stat(f"/proc/{pid}")
+            if st.st_uid != os.getuid():
+                readable.append(pid)
+            if b"hunter2" in data:
+                readable.append("canary in " + pid)
+        except OSError:
+            pass
+    return readable
+'''
+    expect_result(restricted_server.execute(script), [])
+
+
+def test_restricted_cleanup_removes_everything_and_follows_no_link(restricted_server, tmp_path):
+    """After the run its directory, what it left in /tmp and /dev/shm, deep trees and
+    unreadable directories are gone, and what its links pointed at is untouched."""
+    local_only()
+    os.chmod(tmp_path, 0o755)
+    target = tmp_path / "target"
+    target.mkdir()
+    (target / "keep.txt").write_text("server data")
+    os.chmod(target, 0o777)  # even a directory the run may write into stays
+    marker = uuid.uuid4().hex
+    script = f'''
+import os
+def main():
+    os.symlink({str(target)!r}, "link-to-dir")
+    os.symlink({str(target / "keep.txt")!r}, "/tmp/{marker}-link")
+    os.makedirs("/dev/shm/{marker}/a")
+    d = "deep"
+    for _ in range(60):
+        os.mkdir(d)
+        os.chdir(d)
+        d = "d"
+    os.chdir(os.environ["HOME"])
+    os.makedirs("locked/inner")
+    open("locked/inner/f", "w").write("x")
+    os.chmod("locked/inner", 0)
+    os.chmod("locked", 0)
+    return os.getcwd()
+'''
+    workdir = expect_ok(restricted_server.execute(script))["result"]
+    deadline = time.monotonic() + 5
+    leftovers = [workdir, f"/tmp/{marker}-link", f"/dev/shm/{marker}"]
+    while any(os.path.lexists(p) for p in leftovers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [p for p in leftovers if os.path.lexists(p)] == []
+    assert (target / "keep.txt").read_text() == "server data"
+    gone = list(Path(workdir).parent.glob(".gone-*"))
+    assert gone == [], gone
