@@ -276,10 +276,12 @@ def run(result_fd, result_max):
 
 
 def become_init(status_fd):
-    """Splits off the process that runs the script. The jail's first process is the pid
-    namespace's init: the kernel drops signals it has no handler for, and every other process
-    dies with it. So it only reaps, reports how the script's process ended on status_fd, and
-    leaves; a script then sees ordinary signal behaviour and cannot reach status_fd."""
+    """Splits off the process that runs the script. The jail's first process is, in tier full,
+    the pid namespace's init: the kernel drops signals it has no handler for, and every other
+    process dies with it. So it only reaps, reports how the script's process ended on
+    status_fd, and leaves; a script then sees ordinary signal behaviour and cannot reach
+    status_fd. (In the restricted tier there is no pid namespace; the server kills every
+    process of the run's uid instead.)"""
     child = os.fork()
     if child == 0:
         os.close(status_fd)

@@ -97,12 +97,17 @@ static bool can_renice(void)
  * and indentation are dropped: the text travels on nsjail's command line. */
 static char *seccomp_text(const char *path, enum jail_tier tier)
 {
+	enum { POLICY_MAX = 64 * 1024 };
 	char line[1024], *out = NULL;
-	size_t len = 0, cap = 0;
+	size_t len = 0;
 	FILE *f = fopen(path, "re");
 
 	if (!f)
 		return NULL;
+	out = malloc(POLICY_MAX);
+	if (!out)
+		goto fail;
+	out[0] = '\0';
 	while (fgets(line, sizeof(line), f)) {
 		char *start = line + strspn(line, " \t"), *comment = strstr(start, "//");
 		size_t n;
@@ -113,18 +118,14 @@ static char *seccomp_text(const char *path, enum jail_tier tier)
 			n--;
 		if (!n)
 			continue;
-		if (len + n + 2 > cap || len > 65536) {
-			char *grown = len > 65536 ? NULL : realloc(out, cap = cap * 2 + n + 4096);
-			if (!grown)
-				goto fail;
-			out = grown;
-		}
+		if (len + n + 2 > POLICY_MAX)
+			goto fail;
 		memcpy(out + len, start, n);
 		len += n;
 		out[len++] = '\n';
 		out[len] = '\0';
 	}
-	if (ferror(f) || !out)
+	if (ferror(f))
 		goto fail;
 	fclose(f);
 	char *text = NULL;

@@ -3,7 +3,6 @@
 #include <errno.h>
 #include <dirent.h>
 #include <fcntl.h>
-#include <grp.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdbool.h>
@@ -91,11 +90,14 @@ static int child_become(const struct spawn_user *u)
 			return -1;
 	}
 	umask(077);
-	if (chdir(u->dir) < 0 || setgroups(0, NULL) < 0 || setresgid(u->gid, u->gid, u->gid) < 0 ||
-	    setresuid(u->uid, u->uid, u->uid) < 0)
+	/* Raw calls: the libc wrappers would try to change every thread of the server's, of
+	 * which the forked child has only the one. */
+	if (chdir(u->dir) < 0 || syscall(SYS_setgroups, 0, NULL) < 0 ||
+	    syscall(SYS_setresgid, u->gid, u->gid, u->gid) < 0 ||
+	    syscall(SYS_setresuid, u->uid, u->uid, u->uid) < 0)
 		return -1;
 	/* Never exec with a way back to the server's identity. */
-	if (getuid() != u->uid || geteuid() != u->uid || setresuid(0, 0, 0) == 0)
+	if (getuid() != u->uid || geteuid() != u->uid || syscall(SYS_setresuid, 0, 0, 0) == 0)
 		return -1;
 	return 0;
 }
@@ -205,7 +207,7 @@ static int kill_round(uid_t uid)
 
 	if (pid == 0) {
 		/* As uid, kill(-1) reaches exactly uid's processes, never this one. */
-		if (setresuid(uid, uid, uid) < 0)
+		if (syscall(SYS_setresuid, uid, uid, uid) < 0)
 			_exit(2);
 		for (int i = 0; i < 3; i++)
 			kill(-1, SIGKILL);

@@ -55,6 +55,11 @@ if [[ ${PYEXEC_SKIP_BUILD:-} != 1 ]]; then
 		{ tail -n 30 "$logdir/build.log" >&2; exit 1; }
 fi
 
+say "checking that no world-readable file of $image holds a secret (the restricted tier can read them)"
+docker run --rm --network none --entrypoint /usr/bin/python3 \
+	-v "$PWD/tests/platforms/no_secrets.py:/no_secrets.py:ro" "$image" /no_secrets.py ||
+	fail "the image holds a secret readable by a restricted-tier script"
+
 free_port() {
 	"$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }

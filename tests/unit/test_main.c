@@ -399,6 +399,33 @@ static void config_env_and_flags(void **state)
 	unsetenv("PORT");
 }
 
+static void config_isolation(void **state)
+{
+	struct config c;
+	struct err e;
+	char *argv[] = {"pyexecd", NULL};
+	char *restricted[] = {"pyexecd", "--isolation", "restricted", "--run-uid", "70000", NULL};
+
+	(void)state;
+	assert_int_equal(config_load(&c, 1, argv, &e), 0);
+	assert_string_equal(c.isolation, "full"); /* never weaker unless asked */
+	assert_int_equal(c.run_uid, 200000);
+	assert_int_equal(config_load(&c, 5, restricted, &e), 0);
+	assert_string_equal(c.isolation, "restricted");
+	assert_int_equal(c.run_uid, 70000);
+	setenv("PYEXEC_ISOLATION", "none", 1);
+	assert_int_equal(config_load(&c, 1, argv, &e), -1);
+	assert_non_null(strstr(e.message, "full, restricted or auto"));
+	setenv("PYEXEC_ISOLATION", "auto", 1);
+	setenv("PYEXEC_RUN_UID", "0", 1);
+	assert_int_equal(config_load(&c, 1, argv, &e), -1);
+	assert_non_null(strstr(e.message, "PYEXEC_RUN_UID"));
+	unsetenv("PYEXEC_RUN_UID");
+	assert_int_equal(config_load(&c, 1, argv, &e), 0);
+	assert_string_equal(c.isolation, "auto");
+	unsetenv("PYEXEC_ISOLATION");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -415,6 +442,7 @@ int main(void)
 	    cmocka_unit_test(buf_caps),
 	    cmocka_unit_test(frame_header_needs_newline),
 	    cmocka_unit_test(config_env_and_flags),
+	    cmocka_unit_test(config_isolation),
 	    cmocka_unit_test(json_check_grammar),
 	    cmocka_unit_test(frame_then_death_not_trusted),
 	};
