@@ -69,9 +69,8 @@ RUN set -eux; \
     apt-get update; \
     apt-get install -y --no-install-recommends \
         python3 python3-numpy python3-pandas \
-        libmicrohttpd12t64 libjansson4 libprotobuf32t64 libnl-route-3-200 tini; \
+        libmicrohttpd12t64 libjansson4 libprotobuf32t64 libnl-route-3-200; \
     apt-get clean; \
-    rm -f /usr/bin/tini-static; \
     dist=/usr/lib/python3/dist-packages; \
     find "$dist" -depth -type d -name tests -exec rm -rf {} +; \
     find "$dist" -type f \( -name '*.h' -o -name '*.pxd' -o -name '*.pyx' -o -name '*.pxi' \
@@ -97,11 +96,10 @@ COPY runner/runner.py config/nsjail.cfg config/nsjail-restricted.cfg config/secc
 ENV PORT=8080
 EXPOSE 8080
 
-# tini is PID 1: when an nsjail exits before its jailed process has been reaped, that process
-# is re-parented to PID 1, and pyexecd (which waits only for its own children) would leave it a
-# zombie for the life of the container. tini reaps those and passes SIGTERM on to pyexecd,
-# which drains and exits 0; tini exits with pyexecd's status. -s keeps it working where it is
-# not PID 1.
-# pyexecd starts as root: nsjail needs it to create the namespaces and to map the script to
-# uid 65534. The script never runs as root (see README.md, "Run it in Docker").
-ENTRYPOINT ["/usr/bin/tini", "-s", "--", "/usr/local/bin/pyexecd"]
+# pyexecd is PID 1 itself (src/init.c): one process stays PID 1, reaps what outlives a jail and
+# passes SIGTERM on; the server is its child and exits 0 after draining. No other init: every
+# process that received the container's environment overwrites it at once, because under
+# gVisor any uid can read any process's /proc/<pid>/environ, and a generic init would keep it.
+# pyexecd starts as root: nsjail needs it to create the namespaces, and the restricted tier to
+# give each run its own uid. The script never runs as root (see README.md, "Run it in Docker").
+ENTRYPOINT ["/usr/local/bin/pyexecd"]

@@ -545,9 +545,10 @@ static void tier_choose(struct http *h)
 	h->probe_ok = ok;
 	if (!ok)
 		tier_problem(h, full_why, restricted_why);
-	report = json_pack("{s:s,s:s?,s:o,s:s?,s:f}", "requested", want, "tier",
-	                   ok ? jail_tier_name(h->tier) : NULL, "host", isolation_json(&h->iso),
-	                   "problem", ok ? NULL : h->jail_problem, "probeMs", h->iso.ms);
+	report = json_pack("{s:s,s:s?,s:s,s:o,s:s?,s:f}", "requested", want, "tier",
+	                   ok ? jail_tier_name(h->tier) : NULL, "kernel", h->iso.kernel, "host",
+	                   isolation_json(&h->iso), "problem", ok ? NULL : h->jail_problem,
+	                   "probeMs", h->iso.ms);
 	h->iso_report = report;
 	log_json(ok ? "INFO" : "ERROR", json_pack("{s:O}", "isolation", report),
 	         "sandbox isolation: %s%s (requested %s)",

@@ -5,6 +5,8 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/klog.h>
+#include <sys/utsname.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -72,6 +74,8 @@ static bool probe(const struct config *c, unsigned keep, const char *const *extr
 	argv[n++] = "--mode=o";
 	argv[n++] = "--quiet";
 	argv[n++] = "--time_limit=5";
+	/* What is probed is the namespaces, uid and seccomp; gVisor refuses some rlimits. */
+	argv[n++] = "--disable_rlimits";
 	for (int i = 0; i < 7; i++)
 		if (!(keep & (1u << i)))
 			argv[n++] = (char *)ns_flags[i];
@@ -87,9 +91,27 @@ static bool probe(const struct config *c, unsigned keep, const char *const *extr
 	return probe_run(argv, user);
 }
 
+/* gVisor says so in the kernel log it makes up; a real kernel's is not ours to read without
+ * CAP_SYSLOG, or says nothing of the kind. */
+static void kernel_name(char *out, size_t n)
+{
+	static char log[16384];
+	struct utsname u;
+	int len = klogctl(3 /* SYSLOG_ACTION_READ_ALL */, log, (int)sizeof(log) - 1);
+	bool gvisor;
+
+	if (uname(&u) < 0)
+		snprintf(u.release, sizeof(u.release), "?");
+	log[len > 0 ? len : 0] = '\0';
+	gvisor = len > 0 && strstr(log, "gVisor") != NULL;
+	snprintf(out, n, gvisor ? "gVisor (Linux %s)" : "Linux %s", u.release);
+}
+
 void isolation_probe(const struct config *c, uid_t probe_uid, struct isolation *iso)
 {
 	static const char *const no_proc[] = {"--disable_proc", NULL};
+	/* As tier full has it: no interface at all, so nothing to configure over netlink. */
+	static const char *const no_iface[] = {"--disable_proc", "--iface_no_lo", NULL};
 	static const char *const ro_root[] = {"--chroot=/", "--disable_proc", NULL};
 	static const char *const with_proc[] = {"--chroot=/", NULL};
 	/* getppid cannot fail, so -1 from it is the policy's answer. */
@@ -100,9 +122,13 @@ void isolation_probe(const struct config *c, uid_t probe_uid, struct isolation *
 	double t0 = run_now();
 
 	memset(iso, 0, sizeof(*iso));
+	kernel_name(iso->kernel, sizeof(iso->kernel));
 	for (int ns = ISO_USER_NS; ns <= ISO_CGROUP_NS; ns++)
-		iso->ok[ns] =
-		    probe(c, 1u << ns, ns == ISO_MOUNT_NS ? ro_root : no_proc, "pass", NULL);
+		iso->ok[ns] = probe(c, 1u << ns,
+		                    ns == ISO_MOUNT_NS ? ro_root
+		                    : ns == ISO_NET_NS ? no_iface
+		                                       : no_proc,
+		                    "pass", NULL);
 	iso->ok[ISO_PROC] = probe(c, 1u << ISO_MOUNT_NS | 1u << ISO_PID_NS, with_proc,
 	                          "import os; os.stat('/proc/self/status')", NULL);
 	/* As the probe uid, as the restricted tier runs: no privilege left, and no way back. */

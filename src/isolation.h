@@ -25,7 +25,8 @@ enum isolation_probe {
 
 struct isolation {
 	bool ok[ISO_PROBES];
-	double ms; /* how long the probes took */
+	double ms;       /* how long the probes took */
+	char kernel[96]; /* "Linux <release>", or "gVisor (Linux <release>)" under runsc */
 };
 
 /* Runs every probe; probe_uid is a uid no one uses (probes run as it). */

@@ -219,29 +219,30 @@ static int jail_build(struct args *a, const struct jail *j, const struct config 
 	return rc ? -1 : 0;
 }
 
+static void add_limit(struct spawn_user *u, int resource, unsigned long long value,
+                      bool optional)
+{
+	u->limits[u->nlimits].resource = resource;
+	u->limits[u->nlimits].value = value;
+	u->limits[u->nlimits].optional = optional;
+	u->nlimits++;
+}
+
 /* Restricted tier: what nsjail would set inside namespaces, set by the server before exec. */
 static void restricted_limits(struct spawn_user *u, const struct config *c)
 {
-	const struct {
-		int resource;
-		unsigned long long value;
-	} l[SPAWN_LIMITS] = {
-	    {RLIMIT_AS, (unsigned long long)c->memory_mb << 20},
-	    {RLIMIT_CPU, (unsigned long long)ceil(c->max_timeout + c->start_timeout) + 5},
-	    {RLIMIT_FSIZE, (unsigned long long)c->tmp_mb << 20},
-	    {RLIMIT_NOFILE, c->max_files},
-	    {RLIMIT_NPROC, c->max_procs},
-	    {RLIMIT_CORE, 0},
-	    {RLIMIT_STACK, 8ULL << 20},
-	    {RLIMIT_MEMLOCK, 0},
-	    {RLIMIT_MSGQUEUE, 0},
-	};
-
-	for (int i = 0; i < SPAWN_LIMITS; i++) {
-		u->limits[i].resource = l[i].resource;
-		u->limits[i].value = l[i].value;
-	}
-	u->nlimits = SPAWN_LIMITS;
+	u->nlimits = 0;
+	add_limit(u, RLIMIT_AS, (unsigned long long)c->memory_mb << 20, false);
+	add_limit(u, RLIMIT_CPU, (unsigned long long)ceil(c->max_timeout + c->start_timeout) + 5,
+	          false);
+	add_limit(u, RLIMIT_FSIZE, (unsigned long long)c->tmp_mb << 20, false);
+	add_limit(u, RLIMIT_NOFILE, c->max_files, false);
+	add_limit(u, RLIMIT_NPROC, c->max_procs, false);
+	add_limit(u, RLIMIT_CORE, 0, false);
+	add_limit(u, RLIMIT_STACK, 8ULL << 20, false);
+	add_limit(u, RLIMIT_MEMLOCK, 0, false);
+	/* The policy denies POSIX message queues anyway; gVisor refuses to set this one. */
+	add_limit(u, RLIMIT_MSGQUEUE, 0, true);
 }
 
 struct jail *jail_new(const struct config *c, const struct cgroup *cg, enum jail_tier tier,

@@ -9,6 +9,7 @@
 
 #include "config.h"
 #include "http.h"
+#include "init.h"
 #include "log.h"
 
 /* Spawned jails rely on descriptors 0-2 being taken, so pipes never land on them. */
@@ -38,12 +39,15 @@ int main(int argc, char **argv)
 	sigset_t stop;
 	int sig = 0, rc;
 
+	/* As a container's entrypoint, one process stays PID 1 and reaps what jails leave. */
+	init_split_if_pid1();
 	ensure_std_fds();
 	raise_fd_limit();
 	/* One thread per connection would otherwise give glibc an arena per thread, each keeping
 	 * freed memory: two arenas keep the server's footprint flat under load. */
 	mallopt(M_ARENA_MAX, 2);
 	rc = config_load(&cfg, argc, argv, &e);
+	init_forget_environment();
 	if (rc == 1)
 		return 0;
 	if (rc < 0) {

@@ -86,7 +86,7 @@ static int child_become(const struct spawn_user *u)
 {
 	for (int i = 0; i < u->nlimits; i++) {
 		struct rlimit rl = {u->limits[i].value, u->limits[i].value};
-		if (setrlimit(u->limits[i].resource, &rl) < 0)
+		if (setrlimit(u->limits[i].resource, &rl) < 0 && !u->limits[i].optional)
 			return -1;
 	}
 	umask(077);

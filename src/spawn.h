@@ -2,6 +2,7 @@
 #ifndef PYEXEC_SPAWN_H
 #define PYEXEC_SPAWN_H
 
+#include <stdbool.h>
 #include <sys/types.h>
 
 #include "err.h"
@@ -18,6 +19,7 @@ struct spawn_user {
 	struct {
 		int resource;
 		unsigned long long value; /* soft and hard */
+		bool optional;            /* a host may refuse it (gVisor: RLIMIT_MSGQUEUE) */
 	} limits[SPAWN_LIMITS];
 	int nlimits;
 };

@@ -153,6 +153,9 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "full_tier_only(reason): a guarantee the restricted isolation tier does not "
         "give; listed in docs/security.md's tier table, and skipped with that reason there")
+    config.addinivalue_line(
+        "markers", "real_kernel_only(reason): needs the host's kernel to be the jail's (not "
+        "gVisor's); listed in docs/security.md, and skipped with that reason under gVisor")
 
 
 _TIER = {}
@@ -175,12 +178,25 @@ def tier(request):
     return suite_tier(request)
 
 
+def suite_kernel(request):
+    """The kernel the server under test runs on, as its /healthz reports it."""
+    if not external_url():
+        return "Linux"  # local servers run on this host's kernel
+    if "kernel" not in _TIER:
+        health = request.getfixturevalue("external_server").get("/healthz").json()
+        _TIER["kernel"] = (health.get("isolation") or {}).get("kernel") or "Linux"
+    return _TIER["kernel"]
+
+
 @pytest.fixture(autouse=True)
 def _tier_exceptions(request):
     marker = request.node.get_closest_marker("full_tier_only")
     if marker and suite_tier(request) != "full":
         pytest.skip(f"tier {suite_tier(request)} does not give this (docs/security.md, tier "
                     f"table): {marker.args[0]}")
+    marker = request.node.get_closest_marker("real_kernel_only")
+    if marker and "gVisor" in suite_kernel(request):
+        pytest.skip(f"under gVisor (docs/security.md, gVisor): {marker.args[0]}")
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -204,6 +204,8 @@ def main():
     check_healthy(server)
 
 
+@pytest.mark.real_kernel_only("the jail's processes live in gVisor's kernel, invisible in the "
+                              "host's /proc that this test reads")
 def test_jailed_processes_not_root_on_host(server):
     """Seen from the host, a process started by the script does not run as root."""
     marker = f"pyexec-owner-{uuid.uuid4().hex}"
@@ -495,6 +497,8 @@ def main():
     check_healthy(small_server)
 
 
+@pytest.mark.real_kernel_only("gVisor keeps oom_score_adj as a number that nothing reads: the "
+                              "host sees the whole sandbox as one process")
 def test_oom_score_adj_is_high_and_fixed(server):
     script = '''
 def main():

@@ -104,6 +104,8 @@ def test_jail_that_cannot_start(unhealthy, tmp_path):
     assert metrics(srv)['pyexec_pool_discarded_total{reason="failed"}'] <= 4
 
 
+@pytest.mark.real_kernel_only("the jail's processes live in gVisor's kernel, invisible in the "
+                              "host's /proc from which this test kills one")
 def test_jail_killed_from_outside_mid_run(server):
     sock = None
     try:

@@ -78,6 +78,7 @@ def isolation(srv):
 def test_healthz_reports_the_tier_and_what_the_host_allows(server, tier):
     iso = isolation(server)
     assert iso["tier"] == tier, iso
+    assert iso["kernel"].startswith(("Linux ", "gVisor (Linux ")), iso
     assert set(iso["host"]) == set(NAMESPACE_PROBES) | {"setuid", "seccomp"}, iso
     assert all(isinstance(v, bool) for v in iso["host"].values()), iso
     assert iso["host"]["setuid"] and iso["host"]["seccomp"], iso
@@ -181,7 +182,9 @@ def ppid(pid):
 def main():
     init = ppid(os.getpid())
     jail = ppid(init)
-    return [os.path.basename(os.readlink(f"/proc/{jail}/exe")), os.getpid() != init]
+    with open(f"/proc/{jail}/cmdline", "rb") as f:
+        argv0 = f.read().split(b"\0")[0].decode()
+    return [os.path.basename(argv0), os.getpid() != init]
 '''
     expect_result(restricted_server.execute(script), ["nsjail", True])
 

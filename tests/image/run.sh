@@ -98,7 +98,7 @@ fi
 
 # --- the black-box suite ----------------------------------------------------------------------
 # The suite finds pyexecd's pid (for its kill and /proc tests) as the process listening on the
-# port: PID 1 of the container is tini.
+# port: PID 1 of the container is pyexecd's init half, the server its child.
 status=0
 PYEXEC_TEST_URL="http://127.0.0.1:$port" PYEXEC_TEST_SERVER_LOG="$log" \
 	"$python" -m pytest -q -rs tests/http "$@" || status=$?

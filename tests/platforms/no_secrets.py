@@ -12,10 +12,13 @@ SECRET_MARKERS = (b"PRIVATE KEY-----", b"BEGIN OPENSSH PRIVATE", b"aws_secret_ac
 MUST_BE_PRIVATE = ("/etc/shadow", "/etc/gshadow", "/root")
 
 found, scanned = [], 0
+me = os.path.abspath(__file__)
 for root, dirs, files in os.walk("/"):
     dirs[:] = [d for d in dirs if os.path.join(root, d) not in SKIP]
     for name in files:
         path = os.path.join(root, name)
+        if path == me:
+            continue
         try:
             st = os.lstat(path)
             if not stat.S_ISREG(st.st_mode) or not st.st_mode & stat.S_IROTH:

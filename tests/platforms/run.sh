@@ -171,17 +171,25 @@ platform() {
 	say "== $label: docker run $*"
 	if [[ $refuses == yes ]]; then
 		start "$label" full "$@"
-		check_health 503 null || fail "$label: PYEXEC_ISOLATION=full did not refuse"
-		check_refusal || fail "$label: /execute did not fail closed"
-		summary+=("$label: PYEXEC_ISOLATION=full refuses (503 /healthz, 500 /execute)")
+		if check_health 503 null && check_refusal; then
+			summary+=("$label: PYEXEC_ISOLATION=full refuses (503 /healthz, 500 /execute)")
+		else
+			fail "$label: PYEXEC_ISOLATION=full did not fail closed"
+		fi
 		stop
 		start "$label" auto "$@"
-		check_health 200 restricted || fail "$label: auto did not pick restricted"
-		summary+=("$label: PYEXEC_ISOLATION=auto picks tier restricted")
+		if check_health 200 restricted; then
+			summary+=("$label: PYEXEC_ISOLATION=auto picks tier restricted")
+		else
+			fail "$label: PYEXEC_ISOLATION=auto did not pick tier restricted"
+		fi
 	else
 		start "$label" full "$@"
-		check_health 200 full || fail "$label: tier full did not start"
-		summary+=("$label: PYEXEC_ISOLATION=full runs in tier full")
+		if check_health 200 full; then
+			summary+=("$label: PYEXEC_ISOLATION=full runs in tier full")
+		else
+			fail "$label: PYEXEC_ISOLATION=full did not run in tier full"
+		fi
 	fi
 	suite "$label"
 	stop
