@@ -183,7 +183,7 @@ def main():
     init = ppid(os.getpid())
     jail = ppid(init)
     with open(f"/proc/{jail}/cmdline", "rb") as f:
-        argv0 = f.read().split(b"\0")[0].decode()
+        argv0 = f.read().split(b"\\0")[0].decode()
     return [os.path.basename(argv0), os.getpid() != init]
 '''
     expect_result(restricted_server.execute(script), ["nsjail", True])

@@ -152,12 +152,12 @@ suite() {
 	PYEXEC_TEST_URL="http://127.0.0.1:$port" PYEXEC_TEST_SERVER_LOG="$log" \
 		"$python" -m pytest -q -rs -p no:cacheprovider tests/http "${pytest_args[@]}" \
 		>"$out" 2>&1 || rc=$?
-	grep -E '^SKIPPED .*tier (table|restricted)' "$out" | sed 's/^/  /' >&2 || true
+	grep -E '^SKIPPED .*(tier (table|restricted)|under gVisor)' "$out" | sed 's/^/  /' >&2 || true
 	local last
 	last=$(tail -n 1 "$out")
 	say "  $last"
 	summary+=("$1: $last")
-	((rc == 0)) || { tail -n 40 "$out" >&2; fail "$1: the suite failed"; }
+	((rc == 0)) || { grep -E '^(FAILED|ERROR) ' "$out" >&2; fail "$1: the suite failed"; }
 }
 
 pytest_args=("$@")
