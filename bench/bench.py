@@ -223,6 +223,28 @@ def latency_table(binary, think, per_client):
     return rows, health
 
 
+def tier_table(binary, think, per_client):
+    """p50 and p90 at concurrency 1 in each isolation tier (the restricted tier kills the run's
+    uid and sweeps its files before answering: that is its extra cost)."""
+    rows = {}
+    for block, tier in enumerate(("full", "restricted")):
+        for mode, env in MODES.items():
+            srv = Server(binary, {**env, "PYEXEC_ISOLATION": tier,
+                                  "PYEXEC_RUN_UID": str(600000 + 1024 * block)})
+            try:
+                got = srv.health()[1].get("isolation", {}).get("tier")
+                if got != tier:
+                    raise SystemExit(f"asked for tier {tier}, the server runs {got}")
+                for name in ("trivial", "pandas"):
+                    srv.wait_ready()
+                    res, wall = drive(srv.port, WORKLOADS[name], 1, count=per_client,
+                                      think=think)
+                    rows[(name, mode, tier)] = summarize(res, wall)
+            finally:
+                srv.stop()
+    return rows
+
+
 def saturation_table(binary, seconds):
     configs = [("cold", {"PYEXEC_POOL": "0"}),
                ("ready, preload numpy+pandas", MODES["ready"]),
@@ -275,6 +297,14 @@ def main():
     print(f"  idle server RSS: {health['cold'][2]['idle_rss_kib'] / 1024:.1f} MiB; one ready "
           f"jail (PSS of nsjail + init + runner): "
           f"{health['ready'][2].get('jail_pss_kib', 0) / 1024:.1f} MiB")
+    print("\nIsolation tiers: p50 / p90 ms at concurrency 1 (errors)")
+    tiers = tier_table(args.binary, args.think, args.requests)
+    print(f"{'workload':<9} {'mode':<6} {'full':>20} {'restricted':>20}")
+    for name in ("trivial", "pandas"):
+        for mode in MODES:
+            cells = [tiers[(name, mode, t)] for t in ("full", "restricted")]
+            text = [f"{c['p50']:.1f} / {c['p90']:.1f} ({c['errors']})" for c in cells]
+            print(f"{name:<9} {mode:<6} {text[0]:>20} {text[1]:>20}")
     print(f"\nSaturation: 8 clients, no think time, {args.saturation_seconds:.0f} s each")
     print(f"{'workload':<9} {'mode':<28} {'runs/s':>7} {'p50':>8} {'p99':>8} {'errors':>6} "
           f"{'429':>4}")

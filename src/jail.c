@@ -219,8 +219,7 @@ static int jail_build(struct args *a, const struct jail *j, const struct config 
 	return rc ? -1 : 0;
 }
 
-static void add_limit(struct spawn_user *u, int resource, unsigned long long value,
-                      bool optional)
+static void add_limit(struct spawn_user *u, int resource, unsigned long long value, bool optional)
 {
 	u->limits[u->nlimits].resource = resource;
 	u->limits[u->nlimits].value = value;
@@ -365,6 +364,9 @@ void jail_reaped(void *jail, struct run_result *r)
 
 void jail_done(struct jail *j, struct run_result *r)
 {
+	/* Before the answer: what the run left in files goes now (its processes got SIGKILL). */
+	if (r->reaped_later && j->tier == JAIL_RESTRICTED && r->uid)
+		runusers_sweep(j->users, r->uid);
 	if (r->reaped_later)
 		return;
 	if (j->tier == JAIL_RESTRICTED) {

@@ -245,14 +245,11 @@ static void sweep(struct runusers *ru, int dir, uid_t uid, int depth)
 	closedir(d);
 }
 
-/* Ends every process of uid and removes its files. False when a process survived. */
-static bool clean(struct runusers *ru, uid_t uid)
+static void remove_files(struct runusers *ru, uid_t uid)
 {
 	char name[32];
 	struct stat st;
 
-	if (spawn_kill_user(uid) < 0)
-		return false;
 	snprintf(name, sizeof(name), "%u", (unsigned)uid);
 	if (fstat(ru->root_fd, &st) == 0) {
 		rm_at(ru->root_fd, name, 0, ru, st.st_dev);
@@ -260,6 +257,20 @@ static bool clean(struct runusers *ru, uid_t uid)
 	}
 	for (int i = 0; i < ru->nshared; i++)
 		sweep(ru, ru->shared_fd[i], uid, 0);
+}
+
+void runusers_sweep(struct runusers *ru, uid_t uid)
+{
+	if (runusers_owns(ru, uid))
+		remove_files(ru, uid);
+}
+
+/* Ends every process of uid and removes its files. False when a process survived. */
+static bool clean(struct runusers *ru, uid_t uid)
+{
+	if (spawn_kill_user(uid) < 0)
+		return false;
+	remove_files(ru, uid);
 	return true;
 }
 

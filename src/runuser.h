@@ -22,6 +22,10 @@ struct runusers *runusers_new(uid_t base, const char *root, struct err *e);
 /* Takes a free uid and makes its working directory (written to dir). -1 when none is free or
  * the directory cannot be made. */
 int runusers_take(struct runusers *ru, uid_t *uid, char dir[PATH_MAX], struct err *e);
+/* Removes what uid left in its directory and the shared directories, while its processes
+ * (already sent SIGKILL) may still be going away: so that the next run finds nothing of it.
+ * runusers_give_back follows once they are gone. */
+void runusers_sweep(struct runusers *ru, uid_t uid);
 /* Ends what runs as uid and removes its files; the uid is free again only once that worked. */
 void runusers_give_back(struct runusers *ru, uid_t uid);
 /* True when uid is one of ours. */

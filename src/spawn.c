@@ -160,8 +160,38 @@ pid_t spawn_process(char *const argv[], const int fds[SPAWN_FDS], const struct s
 	return user ? spawn_as(argv, fds, user, e) : spawn_plain(argv, fds, e);
 }
 
-/* True while some process of uid is alive (zombies do not count: they run nothing, and their
- * parent, not us, reaps them). */
+/* True when the process in /proc/<name> is alive (not a zombie) and runs as uid. */
+static bool live_process_of(int proc, const char *name, uid_t uid)
+{
+	char path[300], text[2048], *state, *ids;
+	unsigned long u[4] = {0, 0, 0, 0};
+	struct stat st;
+	ssize_t n;
+	int fd;
+
+	/* The directory belongs to the process's effective uid: most processes end here. */
+	if (fstatat(proc, name, &st, 0) < 0 || st.st_uid != uid)
+		return false;
+	snprintf(path, sizeof(path), "%s/status", name);
+	fd = openat(proc, path, O_RDONLY | O_CLOEXEC);
+	n = fd >= 0 ? read(fd, text, sizeof(text) - 1) : -1;
+	if (fd >= 0)
+		close(fd);
+	if (n <= 0)
+		return false;
+	text[n] = '\0';
+	state = strstr(text, "\nState:");
+	ids = strstr(text, "\nUid:");
+	if (!state || !ids || sscanf(ids + 5, "%lu %lu %lu %lu", &u[0], &u[1], &u[2], &u[3]) != 4)
+		return false;
+	state += 7 + strspn(state + 7, " \t");
+	/* A zombie runs nothing, and its parent, not us, reaps it. */
+	return *state != 'Z' && *state != 'X' && (u[0] == uid || u[1] == uid || u[2] == uid);
+}
+
+/* True while some process of uid is alive. A real or saved uid other than the effective one
+ * cannot occur in a run (no_new_privs, no capabilities), so the owner of /proc/<pid> is
+ * enough to skip every other process. */
 static bool user_has_live_process(uid_t uid)
 {
 	DIR *d = opendir("/proc");
@@ -170,41 +200,21 @@ static bool user_has_live_process(uid_t uid)
 
 	if (!d)
 		return true;
-	while (!found && (de = readdir(d))) {
-		char path[300], text[2048], *st, *u;
-		ssize_t n;
-		int fd;
-
-		if (de->d_name[0] < '1' || de->d_name[0] > '9')
-			continue;
-		snprintf(path, sizeof(path), "/proc/%s/status", de->d_name);
-		fd = open(path, O_RDONLY | O_CLOEXEC);
-		n = fd >= 0 ? read(fd, text, sizeof(text) - 1) : -1;
-		if (fd >= 0)
-			close(fd);
-		if (n <= 0)
-			continue;
-		text[n] = '\0';
-		st = strstr(text, "\nState:");
-		u = strstr(text, "\nUid:");
-		if (!st || !u)
-			continue;
-		/* Uid: real effective saved fs; any of them makes it the run's. */
-		unsigned long ids[4] = {0, 0, 0, 0};
-		if (sscanf(u + 5, "%lu %lu %lu %lu", &ids[0], &ids[1], &ids[2], &ids[3]) != 4)
-			continue;
-		bool mine = ids[0] == uid || ids[1] == uid || ids[2] == uid || ids[3] == uid;
-		found = mine && strchr("ZX", st[strspn(st + 7, " \t") + 7]) == NULL;
-	}
+	while (!found && (de = readdir(d)))
+		if (de->d_name[0] >= '1' && de->d_name[0] <= '9')
+			found = live_process_of(dirfd(d), de->d_name, uid);
 	closedir(d);
 	return found;
 }
 
-static int kill_round(uid_t uid)
+int spawn_signal_user(uid_t uid)
 {
 	int status;
-	pid_t pid = fork();
+	pid_t pid;
 
+	if (uid == 0)
+		return -1;
+	pid = fork();
 	if (pid == 0) {
 		/* As uid, kill(-1) reaches exactly uid's processes, never this one. */
 		if (syscall(SYS_setresuid, uid, uid, uid) < 0)
@@ -223,15 +233,14 @@ static int kill_round(uid_t uid)
 
 int spawn_kill_user(uid_t uid)
 {
-	if (uid == 0)
-		return -1;
-	/* A fork racing a round is caught by the next; RLIMIT_NPROC bounds how many there are. */
-	for (int i = 0; i < 200; i++) {
-		if (kill_round(uid) < 0)
-			return -1;
+	/* A fork racing a round is caught by the next; RLIMIT_NPROC bounds how many there are.
+	 * SIGKILL takes effect within microseconds: look again soon, then less often. */
+	for (int i = 0; i < 300; i++) {
 		if (!user_has_live_process(uid))
 			return 0;
-		usleep(i < 5 ? 1000 : 10000);
+		if (spawn_signal_user(uid) < 0)
+			return -1;
+		usleep(i < 20 ? 100 : i < 100 ? 1000 : 10000);
 	}
 	return -1;
 }

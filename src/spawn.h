@@ -32,6 +32,9 @@ struct spawn_user {
 pid_t spawn_process(char *const argv[], const int fds[SPAWN_FDS], const struct spawn_user *user,
                     struct err *e);
 
+/* Sends SIGKILL to every process of uid (never 0) once, without waiting for them to die.
+ * Returns -1 when it could not be attempted. */
+int spawn_signal_user(uid_t uid);
 /* Sends SIGKILL to every process of uid (never 0) until none is left. Returns 0 when none is
  * left, -1 when some survived or the kill could not be attempted. */
 int spawn_kill_user(uid_t uid);
