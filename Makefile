@@ -8,7 +8,7 @@ CFLAGS   ?= -O2 -g
 WARN     := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
             -Wformat=2 -Wno-format-nonliteral -Wpointer-arith -Wvla
 CPPFLAGS += -std=c11 -D_GNU_SOURCE -D_FORTIFY_SOURCE=2
-LIBS     := -lmicrohttpd -ljansson -lm
+LIBS     := -lmicrohttpd -ljansson -lseccomp -lm
 SAN      := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 
 SRCS     := $(wildcard src/*.c)

@@ -1,6 +1,7 @@
 #include "http.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <microhttpd.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -23,13 +24,29 @@
 #include "run.h"
 #include "runuser.h"
 
-/* Checks, from inside, what every tier promises: a uid that is not the server's, and seccomp. */
+/* Checks, from inside, what each tier promises: a uid that is not the server's, seccomp on the
+ * script, and in the restricted tier no AF_INET socket and seccomp on nsjail itself (the
+ * script's grandparent there; in tier full its parent is the namespace's init). */
 #define PROBE_SCRIPT                                                                               \
-	"import os\n"                                                                              \
+	"import os, socket\n"                                                                      \
+	"def status(pid):\n"                                                                       \
+	"    try:\n"                                                                               \
+	"        with open('/proc/%s/status' % pid) as f:\n"                                       \
+	"            return dict(l.split(':', 1) for l in f if ':' in l)\n"                        \
+	"    except OSError:\n"                                                                    \
+	"        return {}\n"                                                                      \
 	"def main():\n"                                                                            \
-	"    with open('/proc/self/status') as f:\n"                                               \
-	"        seccomp = 'Seccomp:\\t2' in f.read()\n"                                           \
-	"    return {'uid': os.getuid(), 'seccomp': seccomp}\n"
+	"    me = status('self')\n"                                                                \
+	"    init = int(me.get('PPid', '0'))\n"                                                    \
+	"    jail = int(status(init).get('PPid', '0')) if init > 1 else 0\n"                       \
+	"    try:\n"                                                                               \
+	"        socket.socket(socket.AF_INET, socket.SOCK_STREAM).close()\n"                      \
+	"        inet = 0\n"                                                                       \
+	"    except OSError as e:\n"                                                               \
+	"        inet = e.errno\n"                                                                 \
+	"    return {'uid': os.getuid(), 'seccomp': me.get('Seccomp', '').strip(),\n"              \
+	"            'inet': inet, 'jailSeccomp': status(jail).get('Seccomp', '').strip()\n"       \
+	"            if jail > 1 else ''}\n"
 #define STOP_DRAIN_SECONDS 3.0
 
 struct http {
@@ -442,15 +459,20 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **state,
 	*state = NULL;
 }
 
-/* True when the answer to PROBE_SCRIPT shows a jailed uid and an active seccomp policy. */
-static bool probe_answer_ok(const struct response *r)
+/* True when the answer to PROBE_SCRIPT shows what the tier promises. */
+static bool probe_answer_ok(const struct response *r, enum jail_tier tier)
 {
 	json_t *o = r->status == 200 ? json_loadb(r->body, r->len, 0, NULL) : NULL;
 	json_t *res = json_object_get(o, "result");
 	json_int_t uid = json_integer_value(json_object_get(res, "uid"));
+	const char *seccomp = json_string_value(json_object_get(res, "seccomp"));
+	const char *jail = json_string_value(json_object_get(res, "jailSeccomp"));
 	bool ok = json_is_integer(json_object_get(res, "uid")) && uid != 0 &&
-	          uid != (json_int_t)geteuid() && json_is_true(json_object_get(res, "seccomp"));
+	          uid != (json_int_t)geteuid() && seccomp && strcmp(seccomp, "2") == 0;
 
+	if (ok && tier == JAIL_RESTRICTED)
+		ok = json_integer_value(json_object_get(res, "inet")) == EAFNOSUPPORT && jail &&
+		     strcmp(jail, "2") == 0;
 	json_decref(o);
 	return ok;
 }
@@ -467,7 +489,7 @@ static bool self_check(struct http *h)
 	for (int i = 0; i < 2 && !ok; i++) {
 		struct response r = {0};
 		run_job(h, &job, -1, &r, "self-check");
-		ok = probe_answer_ok(&r);
+		ok = probe_answer_ok(&r, h->tier);
 		api_response_free(&r);
 	}
 	log_json(ok ? "INFO" : "WARNING",

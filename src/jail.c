@@ -11,6 +11,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include "filter.h"
 #include "log.h"
 #include "runuser.h"
 
@@ -31,6 +32,7 @@ struct jail {
 	atomic_ulong runs;        /* names each run's cgroup */
 	struct runusers *users;   /* restricted tier: the runs' uids and directories */
 	struct spawn_user limits; /* restricted tier: the limits, filled in per run */
+	struct sock_fprog filter; /* restricted tier: what nsjail itself runs under */
 };
 
 const char *jail_tier_name(enum jail_tier tier)
@@ -280,6 +282,9 @@ struct jail *jail_new(const struct config *c, const struct cgroup *cg, enum jail
 	j->mem_bytes = (unsigned long long)c->memory_mb << 20;
 	if (tier == JAIL_RESTRICTED) {
 		restricted_limits(&j->limits, c);
+		if (filter_build_restricted(&j->filter, e) < 0)
+			goto fail;
+		j->limits.filter = &j->filter;
 		j->users = runusers_new((uid_t)c->run_uid, c->work_dir, e);
 		if (!j->users)
 			goto fail;
@@ -389,5 +394,6 @@ void jail_free(struct jail *j)
 	for (int i = 0; i < j->pool.argc; i++)
 		free(j->pool.argv[i]);
 	runusers_free(j->users);
+	filter_free(&j->filter);
 	free(j);
 }

@@ -4,11 +4,11 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -18,18 +18,27 @@
 /* Below this depth a tree is moved up before it is removed, so removal never needs more than
  * this many open directories however deep a script nests them. */
 #define RM_DEPTH 16
+#define RM_MOVED_MAX 64  /* trees moved up and not yet removed, per removal */
+#define RM_PASSES 100000 /* a tree 1.6 million levels deep; deeper is a failure */
 #define SHARED_MAX 8
+
+enum slot_state {
+	SLOT_UNKNOWN, /* not handed out since start-up: a crashed server may have left something */
+	SLOT_FREE,
+	SLOT_USED,
+	SLOT_DIRTY, /* its clean-up failed: cleaned again before any reuse */
+};
+
+/* How many dirty uids one take may try to clean before it gives up. */
+#define DIRTY_TRIES 4
 
 struct runusers {
 	pthread_mutex_t mu;
 	uid_t base;
-	int root_fd;              /* the directory that holds the working directories */
-	char root[PATH_MAX - 32]; /* room for "/<uid>" */
-	/* 0: not handed out since start-up (a crashed server may have left something behind);
-	 * 1: free; 2: in use. */
-	unsigned char state[RUNUSER_COUNT];
-	unsigned next;      /* where the search for a free uid starts */
-	atomic_ulong moved; /* names trees moved up for removal */
+	int root_fd;                        /* the directory that holds the working directories */
+	char root[PATH_MAX - 32];           /* room for "/<uid>" */
+	unsigned char state[RUNUSER_COUNT]; /* enum slot_state */
+	unsigned next;                      /* where the search for a free uid starts */
 	int lock_fd;
 	int shared_fd[SHARED_MAX];
 	int nshared;
@@ -54,11 +63,12 @@ static int private_dir(int at, const char *dir, const char *shown, struct err *e
 		err_set(e, 500, "internal", "cannot open %s: %s", shown, strerror(errno));
 		goto fail;
 	}
-	if (st.st_uid != geteuid() || (st.st_mode & 022)) {
-		err_set(e, 500, "internal",
-		        "%s must be owned by the server's user and writable by it alone (see "
-		        "PYEXEC_WORK_DIR)",
-		        shown);
+	if (st.st_uid != geteuid() || (st.st_mode & 022) || !(st.st_mode & 001)) {
+		err_set(
+		    e, 500, "internal",
+		    "%s must be owned by the server's user, writable by it alone and searchable "
+		    "by all (0711; see PYEXEC_WORK_DIR)",
+		    shown);
 		goto fail;
 	}
 	return fd;
@@ -151,72 +161,97 @@ const char *runusers_swept(const struct runusers *ru)
 	return ru->swept;
 }
 
+/* One removal: the directory it started in (top), on one file system, and the trees it moved
+ * up to top because they were too deep to walk at once. */
+struct removal {
+	int top;
+	dev_t dev;
+	char moved[RM_MOVED_MAX][32];
+	int nmoved;
+	bool failed; /* something could not be removed or moved */
+};
+
 /* Removes name under parent, a directory tree or not, never following a link or leaving the
- * file system. Trees deeper than RM_DEPTH are moved up to top and removed from there. */
-static void rm_at(int parent, const char *name, int depth, struct runusers *ru, dev_t dev)
+ * file system. A tree deeper than RM_DEPTH is renamed into rm->top, under a name no run can
+ * guess, and removed from there after (rm_all): removal never holds more than RM_DEPTH open
+ * directories. */
+static void rm_at(struct removal *rm, int parent, const char *name, int depth)
 {
 	struct stat st;
 	struct dirent *de;
 	DIR *d;
 	int fd;
 
-	if (fstatat(parent, name, &st, AT_SYMLINK_NOFOLLOW) < 0 || st.st_dev != dev)
+	if (fstatat(parent, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+		return; /* gone already */
+	if (st.st_dev != rm->dev) {
+		rm->failed = true; /* something mounted there: not ours to walk */
 		return;
+	}
 	if (!S_ISDIR(st.st_mode)) {
-		unlinkat(parent, name, 0);
+		if (unlinkat(parent, name, 0) < 0 && errno != ENOENT)
+			rm->failed = true;
 		return;
 	}
 	if (depth >= RM_DEPTH) {
-		char moved[32];
-		snprintf(moved, sizeof(moved), ".gone-%lu", atomic_fetch_add(&ru->moved, 1));
-		renameat(parent, name, ru->root_fd, moved); /* removed by rm_moved */
+		unsigned long long r;
+		char *slot;
+		if (rm->nmoved == RM_MOVED_MAX || getrandom(&r, sizeof(r), 0) != sizeof(r)) {
+			rm->failed = true;
+			return;
+		}
+		slot = rm->moved[rm->nmoved];
+		snprintf(slot, sizeof(rm->moved[0]), ".pyexec-gone-%016llx", r);
+		if (renameat2(parent, name, rm->top, slot, RENAME_NOREPLACE) == 0)
+			rm->nmoved++;
+		else
+			rm->failed = true;
 		return;
 	}
 	fd = openat(parent, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-	if (fd < 0)
-		return;
 	/* A directory the run made unreadable to us is still ours to open: root ignores modes. */
-	d = fdopendir(fd);
+	d = fd >= 0 ? fdopendir(fd) : NULL;
 	if (!d) {
-		close(fd);
+		if (fd >= 0)
+			close(fd);
+		rm->failed = true;
 		return;
 	}
 	while ((de = readdir(d)))
 		if (strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0)
-			rm_at(dirfd(d), de->d_name, depth + 1, ru, dev);
+			rm_at(rm, dirfd(d), de->d_name, depth + 1);
 	closedir(d);
-	unlinkat(parent, name, AT_REMOVEDIR);
+	if (unlinkat(parent, name, AT_REMOVEDIR) < 0 && errno != ENOENT)
+		rm->failed = true;
 }
 
-/* Removes the trees rm_at moved up; each pass takes RM_DEPTH levels off them. */
-static void rm_moved(struct runusers *ru, dev_t dev)
+/* rm_at, then the trees it moved up, each pass RM_DEPTH levels further down; bounded, so a
+ * tree that keeps growing (a run still alive writing into it) ends as a failure. */
+static bool rm_all(int top, const char *name)
 {
-	for (bool again = true; again;) {
-		int fd = openat(ru->root_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-		struct dirent *de;
-		DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+	struct removal rm = {.top = top};
+	struct stat st;
 
-		if (!d) {
-			if (fd >= 0)
-				close(fd);
-			return;
-		}
-		again = false;
-		while ((de = readdir(d)))
-			if (strncmp(de->d_name, ".gone-", 6) == 0) {
-				rm_at(dirfd(d), de->d_name, 0, ru, dev);
-				again = true;
-			}
-		closedir(d);
+	if (fstat(top, &st) < 0)
+		return false;
+	rm.dev = st.st_dev;
+	rm_at(&rm, top, name, 0);
+	for (int pass = 0; rm.nmoved && pass < RM_PASSES; pass++) {
+		char moved[32];
+		memcpy(moved, rm.moved[--rm.nmoved], sizeof(moved));
+		rm_at(&rm, top, moved, 0);
 	}
+	return !rm.failed && rm.nmoved == 0;
 }
 
 /* Removes every entry of a shared directory that uid owns. An entry it owns can hold only what
- * it or others let in; an entry it does not own but may write to is searched too. */
-static void sweep(struct runusers *ru, int dir, uid_t uid, int depth)
+ * it or others let in; a world-writable directory of someone else's is searched too, but not
+ * another run's (that run's own clean-up removes it). False when something of uid is left. */
+static bool sweep(struct runusers *ru, int dir, uid_t uid, int depth)
 {
 	struct stat st, top;
 	struct dirent *de;
+	bool ok = true;
 	DIR *d;
 	/* An open of its own: other threads sweep the same directory with their own offsets. */
 	int fd = openat(dir, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -224,7 +259,7 @@ static void sweep(struct runusers *ru, int dir, uid_t uid, int depth)
 	if (fd < 0 || fstat(fd, &top) < 0 || !(d = fdopendir(fd))) {
 		if (fd >= 0)
 			close(fd);
-		return;
+		return false;
 	}
 	while ((de = readdir(d))) {
 		if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0 ||
@@ -232,31 +267,31 @@ static void sweep(struct runusers *ru, int dir, uid_t uid, int depth)
 		    st.st_dev != top.st_dev)
 			continue;
 		if (st.st_uid == uid) {
-			rm_at(dirfd(d), de->d_name, 0, ru, top.st_dev);
-		} else if (S_ISDIR(st.st_mode) && (st.st_mode & S_IWOTH) && depth < RM_DEPTH) {
+			ok &= rm_all(dirfd(d), de->d_name);
+		} else if (S_ISDIR(st.st_mode) && (st.st_mode & S_IWOTH) && depth < RM_DEPTH &&
+		           !runusers_owns(ru, st.st_uid)) {
 			int sub = openat(dirfd(d), de->d_name,
 			                 O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 			if (sub >= 0) {
-				sweep(ru, sub, uid, depth + 1);
+				ok &= sweep(ru, sub, uid, depth + 1);
 				close(sub);
 			}
 		}
 	}
 	closedir(d);
+	return ok;
 }
 
-static void remove_files(struct runusers *ru, uid_t uid)
+static bool remove_files(struct runusers *ru, uid_t uid)
 {
 	char name[32];
-	struct stat st;
+	bool ok;
 
 	snprintf(name, sizeof(name), "%u", (unsigned)uid);
-	if (fstat(ru->root_fd, &st) == 0) {
-		rm_at(ru->root_fd, name, 0, ru, st.st_dev);
-		rm_moved(ru, st.st_dev);
-	}
+	ok = rm_all(ru->root_fd, name);
 	for (int i = 0; i < ru->nshared; i++)
-		sweep(ru, ru->shared_fd[i], uid, 0);
+		ok &= sweep(ru, ru->shared_fd[i], uid, 0);
+	return ok;
 }
 
 void runusers_sweep(struct runusers *ru, uid_t uid)
@@ -265,13 +300,10 @@ void runusers_sweep(struct runusers *ru, uid_t uid)
 		remove_files(ru, uid);
 }
 
-/* Ends every process of uid and removes its files. False when a process survived. */
+/* Ends every process of uid and removes its files. False when something of it is left. */
 static bool clean(struct runusers *ru, uid_t uid)
 {
-	if (spawn_kill_user(uid) < 0)
-		return false;
-	remove_files(ru, uid);
-	return true;
+	return spawn_kill_user(uid) == 0 && remove_files(ru, uid);
 }
 
 static void set_state(struct runusers *ru, uid_t uid, unsigned char state)
@@ -281,33 +313,47 @@ static void set_state(struct runusers *ru, uid_t uid, unsigned char state)
 	pthread_mutex_unlock(&ru->mu);
 }
 
+/* Reserves the next uid in round robin that no jail holds. Round robin: a uid comes back only
+ * after the others, long after the zombies of its last run (which still count against its
+ * RLIMIT_NPROC) were reaped by PID 1. Returns the slot's state before, or -1. */
+static int reserve(struct runusers *ru, uid_t *uid)
+{
+	int found = -1;
+
+	pthread_mutex_lock(&ru->mu);
+	for (unsigned i = 0; i < RUNUSER_COUNT; i++) {
+		unsigned slot = (ru->next + i) % RUNUSER_COUNT;
+		if (ru->state[slot] == SLOT_USED)
+			continue;
+		found = ru->state[slot];
+		ru->state[slot] = SLOT_USED;
+		ru->next = slot + 1;
+		*uid = ru->base + slot;
+		break;
+	}
+	pthread_mutex_unlock(&ru->mu);
+	return found;
+}
+
 int runusers_take(struct runusers *ru, uid_t *uid, char dir[PATH_MAX], struct err *e)
 {
 	char name[32];
-	int slot = -1;
-	bool fresh;
+	int state = -1;
 
-	pthread_mutex_lock(&ru->mu);
-	/* Round robin: a uid comes back only after the others, long after the zombies of its
-	 * last run (which still count against its RLIMIT_NPROC) were reaped by PID 1. */
-	for (int i = 0; i < RUNUSER_COUNT && slot < 0; i++)
-		if (ru->state[(ru->next + (unsigned)i) % RUNUSER_COUNT] != 2)
-			slot = (int)((ru->next + (unsigned)i) % RUNUSER_COUNT);
-	fresh = slot >= 0 && ru->state[slot] == 0;
-	if (slot >= 0) {
-		ru->state[slot] = 2;
-		ru->next = (unsigned)slot + 1;
+	for (int tries = 0; tries <= DIRTY_TRIES; tries++) {
+		state = reserve(ru, uid);
+		if (state < 0)
+			return err_set(e, 503, "busy", "every run uid is in use");
+		if (state == SLOT_FREE || clean(ru, *uid))
+			break;
+		log_error("uid %u: what an earlier run left could not all be removed; tried again "
+		          "before its next use",
+		          (unsigned)*uid);
+		set_state(ru, *uid, SLOT_DIRTY);
+		state = -1;
 	}
-	pthread_mutex_unlock(&ru->mu);
-	if (slot < 0)
-		return err_set(e, 503, "busy", "every run uid is in use");
-	*uid = ru->base + (uid_t)slot;
-	if (fresh && !clean(ru, *uid)) {
-		log_error(
-		    "uid %u: processes of an earlier server survive SIGKILL; the uid is retired",
-		    (unsigned)*uid);
-		return err_set(e, 500, "internal", "run uid %u is still in use", (unsigned)*uid);
-	}
+	if (state < 0)
+		return err_set(e, 500, "internal", "no clean run uid: clean-ups keep failing");
 	snprintf(name, sizeof(name), "%u", (unsigned)*uid);
 	snprintf(dir, PATH_MAX, "%s/%s", ru->root, name);
 	/* Made as the server, then given away: the run cannot have planted anything there. */
@@ -322,14 +368,16 @@ int runusers_take(struct runusers *ru, uid_t *uid, char dir[PATH_MAX], struct er
 
 void runusers_give_back(struct runusers *ru, uid_t uid)
 {
+	bool ok;
+
 	if (!runusers_owns(ru, uid))
 		return;
-	if (!clean(ru, uid)) {
-		/* Something of the run survived: keep the uid out of use rather than share it. */
-		log_error("uid %u: processes survive SIGKILL; the uid is retired", (unsigned)uid);
-		return;
-	}
-	set_state(ru, uid, 1);
+	ok = clean(ru, uid);
+	if (!ok)
+		log_error("uid %u: a process or file of the run could not be removed; the uid is "
+		          "cleaned again before its next use",
+		          (unsigned)uid);
+	set_state(ru, uid, ok ? SLOT_FREE : SLOT_DIRTY);
 }
 
 void runusers_free(struct runusers *ru)

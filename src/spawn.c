@@ -7,7 +7,10 @@
 #include <spawn.h>
 #include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <linux/seccomp.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -102,6 +105,17 @@ static int child_become(const struct spawn_user *u)
 	return 0;
 }
 
+/* Last before exec: nothing started from here on can gain privileges or shed the filter. */
+static int child_filter(const struct spawn_user *u)
+{
+	if (syscall(SYS_prctl, PR_SET_NO_NEW_PRIVS, 1UL, 0UL, 0UL, 0UL) < 0)
+		return -1;
+	if (u->filter &&
+	    syscall(SYS_prctl, PR_SET_SECCOMP, SECCOMP_MODE_FILTER, u->filter, 0UL, 0UL) < 0)
+		return -1;
+	return 0;
+}
+
 static void child_main(char *const argv[], const int fds[SPAWN_FDS], const struct spawn_user *u,
                        int report, int max_fd)
 {
@@ -112,7 +126,7 @@ static void child_main(char *const argv[], const int fds[SPAWN_FDS], const struc
 		signal(sig, SIG_DFL);
 	sigemptyset(&none);
 	if (setsid() < 0 || child_fds(fds, report, max_fd) < 0 || child_become(u) < 0 ||
-	    sigprocmask(SIG_SETMASK, &none, NULL) < 0)
+	    sigprocmask(SIG_SETMASK, &none, NULL) < 0 || child_filter(u) < 0)
 		goto fail;
 	execve(argv[0], argv, empty_env);
 fail:
@@ -189,57 +203,66 @@ static bool live_process_of(int proc, const char *name, uid_t uid)
 	return *state != 'Z' && *state != 'X' && (u[0] == uid || u[1] == uid || u[2] == uid);
 }
 
-/* True while some process of uid is alive. A real or saved uid other than the effective one
- * cannot occur in a run (no_new_privs, no capabilities), so the owner of /proc/<pid> is
- * enough to skip every other process. */
-static bool user_has_live_process(uid_t uid)
+/* Sends SIGKILL to one process of uid found in /proc, from the server itself: a helper
+ * running as uid could be killed by the very processes it hunts. A pidfd pins the process
+ * while its owner is checked again, so a recycled pid is never signalled. */
+static void kill_one(int proc, const char *name, uid_t uid)
+{
+	pid_t pid = (pid_t)strtol(name, NULL, 10);
+	int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+
+	if (pidfd < 0) {
+		/* No pidfd (older kernels, some gVisor releases): a recycled pid within this
+		 * instant is the remaining risk. */
+		if (errno == ENOSYS && live_process_of(proc, name, uid))
+			kill(pid, SIGKILL);
+		return;
+	}
+	if (live_process_of(proc, name, uid))
+		syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, NULL, 0);
+	close(pidfd);
+}
+
+/* One pass over /proc; with kill, every live process of uid gets SIGKILL. Returns how many
+ * live ones it saw, or -1 when /proc cannot be read. */
+static int user_pass(uid_t uid, bool do_kill)
 {
 	DIR *d = opendir("/proc");
 	struct dirent *de;
-	bool found = false;
+	int seen = 0;
 
 	if (!d)
-		return true;
-	while (!found && (de = readdir(d)))
-		if (de->d_name[0] >= '1' && de->d_name[0] <= '9')
-			found = live_process_of(dirfd(d), de->d_name, uid);
+		return -1;
+	while ((de = readdir(d)))
+		if (de->d_name[0] >= '1' && de->d_name[0] <= '9' &&
+		    live_process_of(dirfd(d), de->d_name, uid)) {
+			seen++;
+			if (do_kill)
+				kill_one(dirfd(d), de->d_name, uid);
+		}
 	closedir(d);
-	return found;
+	return seen;
 }
 
 int spawn_signal_user(uid_t uid)
 {
-	int status;
-	pid_t pid;
-
 	if (uid == 0)
 		return -1;
-	pid = fork();
-	if (pid == 0) {
-		/* As uid, kill(-1) reaches exactly uid's processes, never this one. */
-		if (syscall(SYS_setresuid, uid, uid, uid) < 0)
-			_exit(2);
-		for (int i = 0; i < 3; i++)
-			kill(-1, SIGKILL);
-		_exit(0);
-	}
-	if (pid < 0)
-		return -1;
-	while (waitpid(pid, &status, 0) < 0)
-		if (errno != EINTR)
-			return -1;
-	return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : -1;
+	return user_pass(uid, true) < 0 ? -1 : 0;
 }
 
 int spawn_kill_user(uid_t uid)
 {
-	/* A fork racing a round is caught by the next; RLIMIT_NPROC bounds how many there are.
+	if (uid == 0)
+		return -1;
+	/* A fork racing a pass is caught by the next; RLIMIT_NPROC bounds how many there are.
 	 * SIGKILL takes effect within microseconds: look again soon, then less often. */
 	for (int i = 0; i < 300; i++) {
-		if (!user_has_live_process(uid))
-			return 0;
-		if (spawn_signal_user(uid) < 0)
+		int seen = user_pass(uid, true);
+		if (seen < 0)
 			return -1;
+		if (seen == 0)
+			return 0;
 		usleep(i < 20 ? 100 : i < 100 ? 1000 : 10000);
 	}
 	return -1;

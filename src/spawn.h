@@ -2,6 +2,7 @@
 #ifndef PYEXEC_SPAWN_H
 #define PYEXEC_SPAWN_H
 
+#include <linux/filter.h>
 #include <stdbool.h>
 #include <sys/types.h>
 
@@ -22,6 +23,8 @@ struct spawn_user {
 		bool optional;            /* a host may refuse it (gVisor: RLIMIT_MSGQUEUE) */
 	} limits[SPAWN_LIMITS];
 	int nlimits;
+	/* Installed with no_new_privs just before exec, so nsjail itself carries it (filter.h). */
+	const struct sock_fprog *filter;
 };
 
 /* Starts argv with fds[i] as its descriptor i (0 <= i < SPAWN_FDS) and every other descriptor

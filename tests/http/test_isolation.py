@@ -189,6 +189,64 @@ def main():
     expect_result(restricted_server.execute(script), ["nsjail", True])
 
 
+def test_restricted_nsjail_itself_is_filtered(restricted_server):
+    """nsjail runs as the run's uid here, so the script could take it over through
+    /proc/<pid>/mem: the server's own filter and no_new_privs are on nsjail before it starts,
+    so what nsjail may do is no more than what the script may."""
+    script = '''
+import os
+def status(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return dict(l.split(":", 1) for l in f if ":" in l)
+def main():
+    init = int(status("self")["PPid"])
+    jail = int(status(init)["PPid"])
+    s = status(jail)
+    return [s["Seccomp"].strip(), s.get("NoNewPrivs", " 1").strip()]
+'''
+    expect_result(restricted_server.execute(script), ["2", "1"])
+
+
+def test_restricted_run_that_kills_everything_it_can_is_still_cleaned_up(server_factory):
+    """A process of the run that keeps calling kill(-1, SIGKILL) and forking does not stop
+    the clean-up (which kills from the server, not from a helper of the run's uid), and the
+    server keeps answering."""
+    local_only()
+    srv = server_factory(PYEXEC_ISOLATION="restricted")
+    marker = f"pyexec-killer-{uuid.uuid4().hex}"
+    script = f'''
+import os, subprocess, sys
+LOOP = "import os, signal, time\\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\\n" \\
+       "end = time.time() + 20\\nwhile time.time() < end:\\n" \\
+       "    os.kill(-1, 9) if os.fork() else os._exit(0)\\n"
+def main():
+    subprocess.Popen([sys.executable, "-c", LOOP, {marker!r}], start_new_session=True)
+    time.sleep(5)  # the looper kills this process, its init and nsjail long before
+'''
+    for _ in range(3):
+        resp = srv.execute(script.replace("import os,", "import time, os,"), timeout=10)
+        # the run ends when its own looper kills it: an error, never a result
+        assert resp.status == 422 and resp.elapsed < 5, resp
+    deadline = time.monotonic() + 5
+    while _pids_with(marker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _pids_with(marker) == [], "a process of an earlier run survived its clean-up"
+    expect_result(srv.execute(OK), 42)
+    assert "could not be removed" not in srv.log_path.read_text()
+
+
+def _pids_with(marker):
+    found = []
+    for pid in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if marker.encode() in f.read():
+                    found.append(pid)
+        except OSError:
+            pass
+    return found
+
+
 def test_restricted_limits_set_before_exec(restricted_server):
     script = '''
 import resource as r
@@ -360,11 +418,13 @@ def main():
     os.symlink({str(target)!r}, "link-to-dir")
     os.symlink({str(target / "keep.txt")!r}, "/tmp/{marker}-link")
     os.makedirs("/dev/shm/{marker}/a")
-    d = "deep"
-    for _ in range(60):
-        os.mkdir(d)
-        os.chdir(d)
-        d = "d"
+    for top in (os.environ["HOME"], "/tmp/{marker}-deep", "/dev/shm/{marker}-deep"):
+        os.makedirs(top, exist_ok=True)
+        os.chdir(top)
+        for _ in range(40):
+            os.mkdir("d")
+            os.chdir("d")
+        open("f", "w").write("x")
     os.chdir(os.environ["HOME"])
     os.makedirs("locked/inner")
     open("locked/inner/f", "w").write("x")
@@ -374,10 +434,12 @@ def main():
 '''
     workdir = expect_ok(restricted_server.execute(script))["result"]
     deadline = time.monotonic() + 5
-    leftovers = [workdir, f"/tmp/{marker}-link", f"/dev/shm/{marker}"]
+    leftovers = [workdir, f"/tmp/{marker}-link", f"/dev/shm/{marker}", f"/tmp/{marker}-deep",
+                 f"/dev/shm/{marker}-deep"]
     while any(os.path.lexists(p) for p in leftovers) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert [p for p in leftovers if os.path.lexists(p)] == []
     assert (target / "keep.txt").read_text() == "server data"
-    gone = list(Path(workdir).parent.glob(".gone-*"))
-    assert gone == [], gone
+    moved = [p for d in (Path(workdir).parent, Path("/tmp"), Path("/dev/shm"))
+             for p in d.glob(".pyexec-gone-*")]
+    assert moved == [], moved

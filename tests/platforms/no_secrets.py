@@ -1,7 +1,8 @@
 """Run inside the image: the restricted tier lets a script read every world-readable file, so
-none may hold a secret. Looks for private keys and credentials readable by others, and checks
-that the files that hold secrets on a Debian system are not. Exit status 1 lists what it found.
-"""
+none may hold a secret, and run every executable one, so none may be setuid or setgid. Looks
+for private keys and credentials readable by others, checks that the files that hold secrets on
+a Debian system are not, and that no program is setuid or setgid. Exit status 1 lists what it
+found."""
 import os
 import stat
 import sys
@@ -30,6 +31,8 @@ for root, dirs, files in os.walk("/"):
             continue
         if any(m in head for m in SECRET_MARKERS):
             found.append(f"world-readable and looks secret: {path}")
+        if st.st_mode & (stat.S_ISUID | stat.S_ISGID):
+            found.append(f"setuid or setgid: {path}")
 for path in MUST_BE_PRIVATE:
     if os.path.lexists(path) and os.lstat(path).st_mode & stat.S_IROTH:
         found.append(f"readable by others: {path}")

@@ -1,0 +1,140 @@
+#include "filter.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/sched.h>
+#include <seccomp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+/* Denied with EPERM: what nsjail never needs once it has started without namespaces. */
+static const char *const denied[] = {
+    "ptrace",
+    "process_vm_readv",
+    "process_vm_writev",
+    "pidfd_getfd",
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",
+    "shmget",
+    "shmat",
+    "shmdt",
+    "shmctl",
+    "semget",
+    "semop",
+    "semtimedop",
+    "semctl",
+    "msgget",
+    "msgsnd",
+    "msgrcv",
+    "msgctl",
+    "mq_open",
+    "mq_unlink",
+    "mq_timedsend",
+    "mq_timedreceive",
+    "mq_notify",
+    "mq_getsetattr",
+    "unshare",
+    "setns",
+    "mount",
+    "umount2",
+    "pivot_root",
+    "chroot",
+    "bpf",
+    "perf_event_open",
+    "userfaultfd",
+    "keyctl",
+    "add_key",
+    "request_key",
+    "kexec_load",
+    "kexec_file_load",
+    "init_module",
+    "finit_module",
+    "delete_module",
+    "open_by_handle_at",
+    "fsopen",
+    "fsmount",
+    "move_mount",
+    "open_tree",
+    "mount_setattr",
+};
+
+static const unsigned long clone_namespaces[] = {
+    CLONE_NEWNS,   CLONE_NEWCGROUP, CLONE_NEWUTS, CLONE_NEWIPC,
+    CLONE_NEWUSER, CLONE_NEWPID,    CLONE_NEWNET, 0x00000080 /* CLONE_NEWTIME */,
+};
+
+static int add_rules(scmp_filter_ctx ctx)
+{
+	int rc = 0;
+
+	for (size_t i = 0; i < sizeof(denied) / sizeof(*denied); i++) {
+		int nr = seccomp_syscall_resolve_name(denied[i]);
+		if (nr != __NR_SCMP_ERROR)
+			rc |= seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EPERM), nr, 0);
+	}
+	rc |= seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EAFNOSUPPORT), SCMP_SYS(socket), 1,
+	                       SCMP_A0(SCMP_CMP_NE, AF_UNIX));
+	rc |= seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EAFNOSUPPORT), SCMP_SYS(socketpair), 1,
+	                       SCMP_A0(SCMP_CMP_NE, AF_UNIX));
+	for (size_t i = 0; i < sizeof(clone_namespaces) / sizeof(*clone_namespaces); i++)
+		rc |= seccomp_rule_add(
+		    ctx, SCMP_ACT_ERRNO(EPERM), SCMP_SYS(clone), 1,
+		    SCMP_A0(SCMP_CMP_MASKED_EQ, clone_namespaces[i], clone_namespaces[i]));
+	/* clone3 keeps its flags where seccomp cannot look; nsjail falls back to clone. */
+	rc |= seccomp_rule_add(ctx, SCMP_ACT_ERRNO(ENOSYS), SCMP_SYS(clone3), 0);
+	return rc ? -1 : 0;
+}
+
+/* libseccomp writes the program to a descriptor: a pipe holds it (a few KiB). */
+static int export(scmp_filter_ctx ctx, struct sock_fprog *out)
+{
+	unsigned char buf[60000];
+	ssize_t n = -1;
+	int p[2];
+
+	if (pipe2(p, O_CLOEXEC) < 0)
+		return -1;
+	if (fcntl(p[1], F_SETPIPE_SZ, (int)sizeof(buf)) >= (int)sizeof(buf) &&
+	    seccomp_export_bpf(ctx, p[1]) == 0) {
+		close(p[1]);
+		p[1] = -1;
+		n = read(p[0], buf, sizeof(buf));
+	}
+	close(p[0]);
+	if (p[1] >= 0)
+		close(p[1]);
+	if (n <= 0 || n % (ssize_t)sizeof(struct sock_filter) != 0)
+		return -1;
+	out->filter = malloc((size_t)n);
+	if (!out->filter)
+		return -1;
+	memcpy(out->filter, buf, (size_t)n);
+	out->len = (unsigned short)(n / (ssize_t)sizeof(struct sock_filter));
+	return 0;
+}
+
+int filter_build_restricted(struct sock_fprog *out, struct err *e)
+{
+	scmp_filter_ctx ctx = seccomp_init(SCMP_ACT_ALLOW);
+	int rc = -1;
+
+	memset(out, 0, sizeof(*out));
+	if (ctx && add_rules(ctx) == 0 && export(ctx, out) == 0)
+		rc = 0;
+	if (ctx)
+		seccomp_release(ctx);
+	if (rc < 0)
+		err_set(e, 500, "internal",
+		        "cannot build the seccomp filter for nsjail (libseccomp)");
+	return rc;
+}
+
+void filter_free(struct sock_fprog *f)
+{
+	free(f->filter);
+	f->filter = NULL;
+	f->len = 0;
+}
