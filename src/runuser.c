@@ -33,7 +33,8 @@ enum slot_state {
 #define DIRTY_TRIES 4
 
 struct runusers {
-	pthread_mutex_t mu;
+	pthread_mutex_t mu;       /* state, next */
+	pthread_mutex_t clean_mu; /* file removal */
 	uid_t base;
 	int root_fd;                        /* the directory that holds the working directories */
 	char root[PATH_MAX - 32];           /* room for "/<uid>" */
@@ -134,6 +135,7 @@ struct runusers *runusers_new(uid_t base, const char *root, struct err *e)
 		return NULL;
 	}
 	pthread_mutex_init(&ru->mu, NULL);
+	pthread_mutex_init(&ru->clean_mu, NULL);
 	ru->base = base;
 	ru->root_fd = -1;
 	ru->lock_fd = -1;
@@ -204,7 +206,7 @@ static void rm_at(struct removal *rm, int parent, const char *name, int depth)
 		snprintf(slot, sizeof(rm->moved[0]), ".pyexec-gone-%016llx", r);
 		if (renameat2(parent, name, rm->top, slot, RENAME_NOREPLACE) == 0)
 			rm->nmoved++;
-		else
+		else if (errno != ENOENT)
 			rm->failed = true;
 		return;
 	}
@@ -282,15 +284,19 @@ static bool sweep(struct runusers *ru, int dir, uid_t uid, int depth)
 	return ok;
 }
 
+/* One removal at a time: two walking the same tree (the sweep before the answer and the
+ * reaper's) would each find the other's moves half done. */
 static bool remove_files(struct runusers *ru, uid_t uid)
 {
 	char name[32];
 	bool ok;
 
 	snprintf(name, sizeof(name), "%u", (unsigned)uid);
+	pthread_mutex_lock(&ru->clean_mu);
 	ok = rm_all(ru->root_fd, name);
 	for (int i = 0; i < ru->nshared; i++)
 		ok &= sweep(ru, ru->shared_fd[i], uid, 0);
+	pthread_mutex_unlock(&ru->clean_mu);
 	return ok;
 }
 
@@ -391,5 +397,6 @@ void runusers_free(struct runusers *ru)
 	for (int i = 0; i < ru->nshared; i++)
 		close(ru->shared_fd[i]);
 	pthread_mutex_destroy(&ru->mu);
+	pthread_mutex_destroy(&ru->clean_mu);
 	free(ru);
 }

@@ -31,6 +31,20 @@ CANARY_ENV = {
 }
 CANARY_VALUE = "hunter2"
 
+# Script code: count_marked(mark) counts the processes the script can see whose command line
+# holds mark (a run's own leftovers, or an earlier run's).
+COUNT_MARKED = """
+def count_marked(mark):
+    n = 0
+    for pid in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                n += mark.encode() in f.read()
+        except OSError:
+            pass
+    return n
+"""
+
 TRIVIAL_SCRIPT = "def main():\n    return 41 + 1\n"
 
 

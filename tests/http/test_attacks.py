@@ -18,6 +18,7 @@ import pytest
 from pyexec_testlib import (
     CANARY_ENV,
     CANARY_VALUE,
+    COUNT_MARKED,
     REPO_ROOT,
     check_healthy,
     expect_error,
@@ -409,15 +410,9 @@ def test_no_processes_left_behind(server, how):
     script = f'''
 import os, sys, time
 MARK = {marker!r}
+{COUNT_MARKED}
 def count():
-    n = 0
-    for pid in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{{pid}}/cmdline", "rb") as f:
-                n += MARK.encode() in f.read()
-        except OSError:
-            pass
-    return n
+    return count_marked(MARK)
 def main():
     for i in range(3):
         if os.fork() == 0:

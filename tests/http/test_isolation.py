@@ -16,6 +16,7 @@ import pytest
 
 from pyexec_testlib import (CANARY_VALUE, expect_error, expect_ok, expect_result, external_url,
                             next_run_uid)
+from test_attacks import _host_pids_with
 from test_faults import OK, UnhealthyServer
 
 NAMESPACE_PROBES = ["userNamespace", "pidNamespace", "mountNamespace", "networkNamespace",
@@ -228,23 +229,11 @@ def main():
         # the run ends when its own looper kills it: an error, never a result
         assert resp.status == 422 and resp.elapsed < 5, resp
     deadline = time.monotonic() + 5
-    while _pids_with(marker) and time.monotonic() < deadline:
+    while _host_pids_with(marker) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert _pids_with(marker) == [], "a process of an earlier run survived its clean-up"
+    assert _host_pids_with(marker) == [], "a process of an earlier run survived its clean-up"
     expect_result(srv.execute(OK), 42)
     assert "could not be removed" not in srv.log_path.read_text()
-
-
-def _pids_with(marker):
-    found = []
-    for pid in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if marker.encode() in f.read():
-                    found.append(pid)
-        except OSError:
-            pass
-    return found
 
 
 def test_restricted_limits_set_before_exec(restricted_server):
@@ -433,13 +422,16 @@ def main():
     return os.getcwd()
 '''
     workdir = expect_ok(restricted_server.execute(script))["result"]
-    deadline = time.monotonic() + 5
-    leftovers = [workdir, f"/tmp/{marker}-link", f"/dev/shm/{marker}", f"/tmp/{marker}-deep",
+
+    def left():
+        named = [workdir, f"/tmp/{marker}-link", f"/dev/shm/{marker}", f"/tmp/{marker}-deep",
                  f"/dev/shm/{marker}-deep"]
-    while any(os.path.lexists(p) for p in leftovers) and time.monotonic() < deadline:
+        moved = [str(p) for d in (Path(workdir).parent, Path("/tmp"), Path("/dev/shm"))
+                 for p in d.glob(".pyexec-gone-*")]
+        return [p for p in named if os.path.lexists(p)] + moved
+
+    deadline = time.monotonic() + 5
+    while left() and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert [p for p in leftovers if os.path.lexists(p)] == []
+    assert left() == []
     assert (target / "keep.txt").read_text() == "server data"
-    moved = [p for d in (Path(workdir).parent, Path("/tmp"), Path("/dev/shm"))
-             for p in d.glob(".pyexec-gone-*")]
-    assert moved == [], moved

@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from pyexec_testlib import check_healthy, expect_error, expect_ok, expect_result
+from pyexec_testlib import (COUNT_MARKED, check_healthy, expect_error, expect_ok,
+                            expect_result)
 
 SLEEP = "import time\ndef main():\n    time.sleep({s})\n    return 'slept'\n"
 
@@ -134,18 +135,10 @@ import os, subprocess, sys, tempfile, time
 import numpy
 MARKER = os.path.join(tempfile.gettempdir(), "marker")
 CHILD = "pyexec-pool-child-marker"
-def children():
-    n = 0
-    for pid in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                n += CHILD.encode() in f.read()
-        except OSError:
-            pass
-    return n
+''' + COUNT_MARKED + '''
 def main():
     seen = [os.path.exists(MARKER), hasattr(numpy, "pyexec_marker"),
-            "PYEXEC_MARKER" in os.environ, children()]
+            "PYEXEC_MARKER" in os.environ, count_marked(CHILD)]
     open(MARKER, "w").write("x")
     numpy.pyexec_marker = 1
     os.environ["PYEXEC_MARKER"] = "1"
