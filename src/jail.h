@@ -1,5 +1,6 @@
-/* jail: turns the configuration into nsjail's command line. The command is the same for every
- * run (per-run values travel on the runner's stdin), so it is built once at start-up. */
+/* jail: turns the configuration into nsjail's command line, for one of two tiers. The command
+ * is built once at start-up (per-run values travel on the runner's stdin); only a run's cgroup,
+ * or in the restricted tier its uid and directory, are added per run. */
 #ifndef PYEXEC_JAIL_H
 #define PYEXEC_JAIL_H
 
