@@ -28,11 +28,6 @@ static const char *const ns_flags[7] = {
     "--disable_clone_newcgroup",
 };
 
-const char *isolation_name(enum isolation_probe p)
-{
-	return names[p];
-}
-
 /* Runs argv with nothing but /dev/null for input and output; true when it exits 0 in time. */
 static bool probe_run(char *const argv[], const struct spawn_user *user)
 {

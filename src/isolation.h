@@ -31,8 +31,6 @@ struct isolation {
 
 /* Runs every probe; probe_uid is a uid no one uses (probes run as it). */
 void isolation_probe(const struct config *c, uid_t probe_uid, struct isolation *iso);
-/* The probe's name as shown in /healthz and the log ("userNamespace", "setuid", ...). */
-const char *isolation_name(enum isolation_probe p);
 /* What the full tier needs that the host refused, comma-separated, or "" when nothing. */
 void isolation_missing_full(const struct isolation *iso, char *out, size_t n);
 /* {"userNamespace": true, ...}: a new reference. */

@@ -181,12 +181,18 @@ static int full_args(struct args *a, const struct config *c, const char *py, con
 	return rc;
 }
 
+/* CPU seconds a run may use: the server's deadline is the real limit, this a backstop should
+ * the server vanish. */
+static unsigned long cpu_backstop(const struct config *c)
+{
+	return (unsigned long)ceil(c->max_timeout + c->start_timeout) + 5;
+}
+
 static int jail_build(struct args *a, const struct jail *j, const struct config *c, const char *py,
                       const char *lib, const char *policy, bool for_pool)
 {
-	/* The server's deadline is the real limit; nsjail's are a backstop should it vanish. A
-	 * pool jail may also wait up to its maximum age for a script. */
-	unsigned long cpu = (unsigned long)ceil(c->max_timeout + c->start_timeout) + 5;
+	/* A pool jail may also wait up to its maximum age for a script. */
+	unsigned long cpu = cpu_backstop(c);
 	unsigned long wall = cpu + (for_pool ? (unsigned long)ceil(c->pool_max_age) : 0);
 	bool full = j->tier == JAIL_FULL;
 	int rc = 0;
@@ -234,8 +240,7 @@ static void restricted_limits(struct spawn_user *u, const struct config *c)
 {
 	u->nlimits = 0;
 	add_limit(u, RLIMIT_AS, (unsigned long long)c->memory_mb << 20, false);
-	add_limit(u, RLIMIT_CPU, (unsigned long long)ceil(c->max_timeout + c->start_timeout) + 5,
-	          false);
+	add_limit(u, RLIMIT_CPU, cpu_backstop(c), false);
 	add_limit(u, RLIMIT_FSIZE, (unsigned long long)c->tmp_mb << 20, false);
 	add_limit(u, RLIMIT_NOFILE, c->max_files, false);
 	add_limit(u, RLIMIT_NPROC, c->max_procs, false);

@@ -43,7 +43,6 @@ struct runusers {
 	int lock_fd;
 	int shared_fd[SHARED_MAX];
 	int nshared;
-	char swept[256];
 };
 
 /* Directories any uid may write to: what a run leaves there is found by owner. */
@@ -107,8 +106,6 @@ static int root_open(struct runusers *ru, const char *work, struct err *e)
 
 static void shared_open(struct runusers *ru)
 {
-	size_t off = 0;
-
 	for (size_t i = 0; i < sizeof(shared_candidates) / sizeof(*shared_candidates); i++) {
 		struct stat st;
 		int fd = open(shared_candidates[i], O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -119,10 +116,6 @@ static void shared_open(struct runusers *ru)
 			continue;
 		}
 		ru->shared_fd[ru->nshared++] = fd;
-		off += (size_t)snprintf(ru->swept + off, sizeof(ru->swept) - off, "%s%s",
-		                        off ? "," : "", shared_candidates[i]);
-		if (off >= sizeof(ru->swept))
-			off = sizeof(ru->swept) - 1;
 	}
 }
 
@@ -156,11 +149,6 @@ fail:
 bool runusers_owns(const struct runusers *ru, uid_t uid)
 {
 	return uid >= ru->base && uid < ru->base + RUNUSER_COUNT;
-}
-
-const char *runusers_swept(const struct runusers *ru)
-{
-	return ru->swept;
 }
 
 /* One removal: the directory it started in (top), on one file system, and the trees it moved

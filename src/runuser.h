@@ -30,8 +30,6 @@ void runusers_sweep(struct runusers *ru, uid_t uid);
 void runusers_give_back(struct runusers *ru, uid_t uid);
 /* True when uid is one of ours. */
 bool runusers_owns(const struct runusers *ru, uid_t uid);
-/* The shared writable directories that are swept, as a JSON-ready comma-separated list. */
-const char *runusers_swept(const struct runusers *ru);
 void runusers_free(struct runusers *ru);
 
 #endif
