@@ -26,7 +26,7 @@ static const struct setting settings[] = {
     {"host", "PYEXEC_HOST", STR(host), "0.0.0.0", "address to listen on"},
     {"port", "PORT", NUM(K_ULONG, port), "8080", "TCP port to listen on"},
     {"python", "PYEXEC_PYTHON", STR(python), "/usr/bin/python3", "Python interpreter in the jail"},
-    {"nsjail", "PYEXEC_NSJAIL", STR(nsjail), "", "nsjail binary (default: found on PATH)"},
+    {"nsjail", "PYEXEC_NSJAIL", STR(nsjail), "", "nsjail binary (default: .local/bin/nsjail of the checkout, else found on PATH)"},
     {"runner", "PYEXEC_RUNNER", STR(runner), "", "runner.py (default: in-tree, else installed)"},
     {"jail-config", "PYEXEC_JAIL_CONFIG", STR(jail_config), "",
      "nsjail config (default: in-tree, else installed)"},
@@ -119,23 +119,29 @@ static void config_usage(void)
 		       settings[i].help, settings[i].def[0] ? settings[i].def : "see text");
 }
 
-/* The in-tree file when running from a checkout, the installed one otherwise. */
-static void default_path(char *out, size_t n, const char *intree, const char *installed)
+/* Writes the path of intree in the checkout the server runs from; 0 when it is there and
+ * accessible with mode (access(2)). */
+static int intree_path(char *out, size_t n, const char *intree, int mode)
 {
 	char exe[PATH_MAX];
 	ssize_t len = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
 
-	if (len > 0) {
-		exe[len] = '\0';
-		char *slash = strrchr(exe, '/');
-		if (slash) {
-			*slash = '\0';
-			int len2 = snprintf(out, n, "%s/../%s", exe, intree);
-			if (len2 > 0 && (size_t)len2 < n && access(out, R_OK) == 0)
-				return;
-		}
-	}
-	snprintf(out, n, "%s", installed);
+	if (len <= 0)
+		return -1;
+	exe[len] = '\0';
+	char *slash = strrchr(exe, '/');
+	if (!slash)
+		return -1;
+	*slash = '\0';
+	int len2 = snprintf(out, n, "%s/../%s", exe, intree);
+	return len2 > 0 && (size_t)len2 < n && access(out, mode) == 0 ? 0 : -1;
+}
+
+/* The in-tree file when running from a checkout, the installed one otherwise. */
+static void default_path(char *out, size_t n, const char *intree, const char *installed)
+{
+	if (intree_path(out, n, intree, R_OK) < 0)
+		snprintf(out, n, "%s", installed);
 }
 
 static int find_on_path(char *out, size_t n, const char *name)
@@ -170,7 +176,8 @@ static const struct setting *setting_by_flag(const char *flag)
 
 static int config_defaults(struct config *c, struct err *e)
 {
-	if (!c->nsjail[0])
+	/* scripts/build-nsjail's build in the checkout comes first, then PATH. */
+	if (!c->nsjail[0] && intree_path(c->nsjail, sizeof(c->nsjail), ".local/bin/nsjail", X_OK))
 		find_on_path(c->nsjail, sizeof(c->nsjail), "nsjail");
 	if (!c->runner[0])
 		default_path(c->runner, sizeof(c->runner), "runner/runner.py",

@@ -17,11 +17,11 @@ PYEXEC_TEST_SERVER_PID are optional; see pyexec_testlib.ExternalServer.
 """
 
 import os
-import shutil
 
 import pytest
 
-from pyexec_testlib import ExternalServer, Server, binary_path, external_url, local_tier
+from pyexec_testlib import (ExternalServer, Server, binary_path, external_url, local_tier,
+                            nsjail_path)
 
 # The limits of the "small" server: one server shared by every limit test.
 SMALL_ENV = {
@@ -42,8 +42,8 @@ def _check_prerequisites():
     if not binary.is_file():
         pytest.exit(f"pyexecd binary not found at {binary} (run `make`, or set "
                     f"PYEXEC_TEST_BINARY)", returncode=1)
-    if shutil.which("nsjail") is None:
-        pytest.exit("nsjail is not on PATH; the HTTP tests need it", returncode=1)
+    if nsjail_path() is None:
+        pytest.exit("nsjail was not found in .local/bin (scripts/build-nsjail) nor on PATH; the HTTP tests need it", returncode=1)
 
 
 class _Factory:

@@ -15,6 +15,7 @@ import itertools
 import json
 import os
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -55,6 +56,14 @@ def binary_path():
     if not path.is_absolute():
         path = REPO_ROOT / path
     return path
+
+
+def nsjail_path():
+    """The nsjail the server would use: scripts/build-nsjail's build, else the one on PATH."""
+    local = REPO_ROOT / ".local" / "bin" / "nsjail"
+    if os.access(local, os.X_OK):
+        return str(local)
+    return shutil.which("nsjail")
 
 
 def free_port():

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from pyexec_testlib import (Server, check_healthy, expect_error, expect_result,
-                            expect_script_error, external_url)
+                            expect_script_error, external_url, nsjail_path)
 from test_pool import jail_runner_pids, metrics, open_request
 
 OK = "def main():\n    return 42\n"
@@ -74,7 +74,7 @@ def open_tmp_path():
 def test_nsjail_loses_its_exec_bit(server_factory, open_tmp_path):
     tmp_path = open_tmp_path
     copy = tmp_path / "nsjail"
-    shutil.copy(shutil.which("nsjail"), copy)
+    shutil.copy(nsjail_path(), copy)
     srv = server_factory(fresh=True, PYEXEC_NSJAIL=str(copy), PYEXEC_POOL="0")
     expect_result(srv.execute(OK), 42)
     os.chmod(copy, 0o644)

@@ -7,7 +7,6 @@ Docker's default profile does. tests/platforms/run.sh repeats this under Docker 
 
 import concurrent.futures
 import os
-import shutil
 import time
 import uuid
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from pyexec_testlib import (CANARY_VALUE, expect_error, expect_ok, expect_result, external_url,
-                            next_run_uid)
+                            next_run_uid, nsjail_path)
 from test_attacks import _host_pids_with
 from test_faults import OK, UnhealthyServer
 
@@ -44,7 +43,7 @@ def no_namespaces(tmp_path):
     local_only()
     policy = tmp_path / "docker-like.kafel"
     policy.write_text(DOCKER_LIKE_POLICY)
-    return (shutil.which("nsjail"), "--mode=o", "--quiet", "--time_limit=0", "--keep_env",
+    return (nsjail_path(), "--mode=o", "--quiet", "--time_limit=0", "--keep_env",
             "--keep_caps", "--forward_signals", "--disable_rlimits", "--disable_clone_newuser",
             "--disable_clone_newns", "--disable_clone_newpid", "--disable_clone_newnet",
             "--disable_clone_newipc", "--disable_clone_newuts", "--disable_clone_newcgroup",
