@@ -275,6 +275,16 @@ def run(result_fd, result_max):
     return b'{"status":"ok"}\n' + encode_result(value, result_max)
 
 
+def not_dumpable():
+    try:
+        import ctypes
+
+        if ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0) != 0:  # PR_SET_DUMPABLE
+            raise OSError(ctypes.get_errno(), "prctl")
+    except Exception:
+        os._exit(70)  # never run without this protection
+
+
 def become_init(status_fd):
     """Splits off the process that runs the script. The jail's first process is, in tier full,
     the pid namespace's init: the kernel drops signals it has no handler for, and every other
@@ -282,18 +292,18 @@ def become_init(status_fd):
     status_fd, and leaves; a script then sees ordinary signal behaviour and cannot reach
     status_fd. (In the restricted tier there is no pid namespace; the server kills every
     process of the run's uid instead.)"""
+    restricted = os.environ.pop("PYEXEC_TIER", "") == "restricted"
     child = os.fork()
     if child == 0:
         os.close(status_fd)
+        if restricted:
+            # No pid namespace there: any process of the same uid could open the script's
+            # /proc/<pid>/mem. Not dumpable, it is closed to all but root.
+            not_dumpable()
         return
     os.closerange(0, status_fd)
     os.closerange(status_fd + 1, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
-    try:  # not dumpable: the script cannot open /proc/1/fd/* nor /proc/1/mem
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE
-    except Exception:
-        os._exit(70)  # never run without this protection
+    not_dumpable()  # the script cannot open /proc/1/fd/* nor /proc/1/mem
     while True:
         try:
             pid, status = os.waitpid(-1, 0)

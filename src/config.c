@@ -38,7 +38,9 @@ static const struct setting settings[] = {
     {"restricted-config", "PYEXEC_RESTRICTED_CONFIG", STR(restricted_config), "",
      "nsjail config of the restricted tier (default: in-tree, else installed)"},
     {"run-uid", "PYEXEC_RUN_UID", NUM(K_ULONG, run_uid), "200000",
-     "restricted tier: first of 1024 uids no one else uses, one per live jail"},
+     "restricted tier: first of the PYEXEC_RUN_UIDS uids no one else uses"},
+    {"run-uids", "PYEXEC_RUN_UIDS", NUM(K_ULONG, run_uids), "1024",
+     "restricted tier: how many uids, one per live or cleaning jail (2 to 65536)"},
     {"work-dir", "PYEXEC_WORK_DIR", STR(work_dir), "/tmp/pyexec",
      "restricted tier: where each run gets its private directory"},
     {"timeout", "PYEXEC_TIMEOUT", NUM(K_SECONDS, timeout), "10",
@@ -55,6 +57,8 @@ static const struct setting settings[] = {
      "open files per process in a run"},
     {"tmp-mb", "PYEXEC_TMP_MB", NUM(K_ULONG, tmp_mb), "64",
      "size of the run's /tmp and largest file, MiB"},
+    {"tmp-files", "PYEXEC_TMP_FILES", NUM(K_ULONG, tmp_files), "16384",
+     "files and directories a run may create in its /tmp"},
     {"stdout-max", "PYEXEC_STDOUT_MAX", NUM(K_ULONG, stdout_max), "1048576",
      "bytes of stdout kept per run"},
     {"result-max", "PYEXEC_RESULT_MAX", NUM(K_ULONG, result_max), "1048576",
@@ -195,6 +199,9 @@ static int config_defaults(struct config *c, struct err *e)
 		return err_set(e, 0, "config",
 		               "PYEXEC_ISOLATION must be full, restricted or auto, not '%s'",
 		               c->isolation);
+	if (c->run_uids < 2 || c->run_uids > 65536)
+		return err_set(e, 0, "config",
+		               "PYEXEC_RUN_UIDS must be between 2 and 65536, not %lu", c->run_uids);
 	if (c->run_uid < 1000 || c->run_uid > 4000000000UL)
 		return err_set(e, 0, "config",
 		               "PYEXEC_RUN_UID must be between 1000 and 4000000000, not %lu",
@@ -219,10 +226,12 @@ static int config_defaults(struct config *c, struct err *e)
 		               c->max_timeout);
 	if (c->port == 0 || c->port > 65535)
 		return err_set(e, 0, "config", "PORT must be 1-65535, not %lu", c->port);
-	if (c->memory_mb < 64 || c->max_procs < 1 || c->tmp_mb < 1 || c->max_files < 16)
-		return err_set(e, 0, "config",
-		               "limits too small: memory-mb >= 64, max-procs >= 1, tmp-mb >= 1 and "
-		               "max-files >= 16 are needed for Python to start");
+	if (c->memory_mb < 64 || c->max_procs < 1 || c->tmp_mb < 1 || c->tmp_files < 64 ||
+	    c->max_files < 16)
+		return err_set(
+		    e, 0, "config",
+		    "limits too small: memory-mb >= 64, max-procs >= 1, tmp-mb >= 1, "
+		    "tmp-files >= 64 and max-files >= 16 are needed for Python to start");
 	if (c->stdout_max < 1 || c->result_max < 16 || c->body_max < 16)
 		return err_set(e, 0, "config", "stdout-max >= 1, result-max and body-max >= 16");
 	return 0;

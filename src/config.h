@@ -19,6 +19,7 @@ struct config {
 	char restricted_config[PATH_MAX]; /* nsjail config of the restricted tier */
 	char isolation[16];               /* full, restricted or auto */
 	unsigned long run_uid;            /* first of the restricted tier's run uids */
+	unsigned long run_uids;           /* how many */
 	char work_dir[PATH_MAX];          /* holds the restricted tier's working directories */
 	double timeout;                   /* default wall-clock seconds per run */
 	double max_timeout;               /* largest timeout a request may ask for */
@@ -27,6 +28,7 @@ struct config {
 	unsigned long max_procs;
 	unsigned long max_files;
 	unsigned long tmp_mb;
+	unsigned long tmp_files; /* inodes of a run's /tmp */
 	unsigned long stdout_max;
 	unsigned long result_max;
 	unsigned long body_max;

@@ -159,8 +159,9 @@ static enum MHD_Result respond_error(struct MHD_Connection *conn, const char *me
 
 static const struct header no_header = {NULL, NULL};
 
-/* A ready jail from the pool, else one started now: never a wait longer than a start. */
-static struct sandbox *sandbox_get(struct http *h, const char *rid)
+/* A ready jail from the pool, else one started now: never a wait longer than a start. busy
+ * is set when none could start for want of a free run uid (restricted tier). */
+static struct sandbox *sandbox_get(struct http *h, const char *rid, bool *busy)
 {
 	struct sandbox *sb = pool_take(h->pool);
 	struct run_result failed;
@@ -170,6 +171,7 @@ static struct sandbox *sandbox_get(struct http *h, const char *rid)
 		return sb;
 	sb = jail_start(h->jail, false, &e);
 	if (!sb) {
+		*busy = e.status == 503;
 		log_error("request %s: %s", rid, e.message);
 		return NULL;
 	}
@@ -200,9 +202,16 @@ static long run_job(struct http *h, const struct job *job, int client_fd, struct
 	    .reaped = jail_reaped,
 	    .reaped_ctx = h->jail,
 	};
-	struct sandbox *sb = sandbox_get(h, rid);
+	bool busy = false;
+	struct sandbox *sb = sandbox_get(h, rid, &busy);
 	struct run_result run;
 
+	if (busy) {
+		api_error_response(r, 429, "busy",
+		                   "Every run identity is in use or still being cleaned; retry after "
+		                   "the time in Retry-After.");
+		return -1;
+	}
 	if (!sb) {
 		memset(&run, 0, sizeof(run));
 		run.end = RUN_START_FAILED;
@@ -282,13 +291,29 @@ static enum MHD_Result execute(struct http *h, struct MHD_Connection *conn, cons
 	}
 	if (!r.body)
 		return MHD_NO;
-	return respond(conn, "POST", url, rq, &r, no_header, ms);
+	return respond(conn, "POST", url, rq, &r,
+	               r.status == 429 ? (struct header){"Retry-After", "1"} : no_header, ms);
+}
+
+/* Restricted tier: too many quarantined uids (clean-ups that failed) mean too few for runs. */
+static bool uids_degraded(const struct http *h)
+{
+	struct runusers_stats s;
+
+	return jail_users_stats(h->jail, &s) && s.quarantined * 2 > s.count;
+}
+
+static bool run_dirs_capped(const struct http *h)
+{
+	struct runusers_stats s;
+
+	return jail_users_stats(h->jail, &s) && s.tmpfs;
 }
 
 static bool healthy(const struct http *h)
 {
 	return h->jail && h->probe_ok && !atomic_load(&h->shutting_down) &&
-	       access(h->cfg->nsjail, X_OK) == 0;
+	       access(h->cfg->nsjail, X_OK) == 0 && !uids_degraded(h);
 }
 
 static enum MHD_Result text_response(struct MHD_Connection *conn, const char *method,
@@ -308,8 +333,11 @@ static enum MHD_Result healthz(struct http *h, struct MHD_Connection *conn, cons
 	json_t *o = json_object();
 	const char *why = !h->jail                         ? h->jail_problem
 	                  : atomic_load(&h->shutting_down) ? "the server is shutting down"
-	                                                   : "the sandbox self-check failed, "
-	                                                     "or nsjail is no longer executable";
+	                  : uids_degraded(h)
+	                      ? "over half of the run uids are quarantined after failed "
+	                        "clean-ups (see the log); restart the server"
+	                      : "the sandbox self-check failed, "
+	                        "or nsjail is no longer executable";
 	bool ok = healthy(h);
 	char *body;
 
@@ -321,10 +349,13 @@ static enum MHD_Result healthz(struct http *h, struct MHD_Connection *conn, cons
 		json_object_set(o, "isolation", h->iso_report);
 	json_object_set_new(
 	    o, "limits",
-	    json_string(h->jail && h->tier == JAIL_RESTRICTED ? "rlimits only (restricted tier)"
-	                : h->cg.mode == CGROUP_NONE           ? "rlimits only (no writable cgroup)"
-	                : h->cg.mode == CGROUP_V2             ? "cgroup v2 and rlimits"
-	                                                      : "cgroup v1 and rlimits"));
+	    json_string(h->jail && h->tier == JAIL_RESTRICTED
+	                    ? (run_dirs_capped(h)
+	                           ? "rlimits and a capped tmpfs per run (restricted tier)"
+	                           : "rlimits only (restricted tier)")
+	                : h->cg.mode == CGROUP_NONE ? "rlimits only (no writable cgroup)"
+	                : h->cg.mode == CGROUP_V2   ? "cgroup v2 and rlimits"
+	                                            : "cgroup v1 and rlimits"));
 	body = json_dumps(o, JSON_COMPACT);
 	json_decref(o);
 	return text_response(conn, method, url, rq, ok ? 200 : 503, body);
@@ -340,7 +371,13 @@ static enum MHD_Result metrics(struct http *h, struct MHD_Connection *conn, cons
 	enum MHD_Result ret;
 	char *text;
 
+	struct runusers_stats us;
+
 	admit_counts(h->admit, &g.running, &g.queued);
+	if (jail_users_stats(h->jail, &us)) {
+		g.uids_cleaning = us.cleaning;
+		g.uids_quarantined = us.quarantined;
+	}
 	text = metrics_render(h->metrics, &g);
 	if (!text)
 		return MHD_NO;
@@ -559,7 +596,7 @@ static void tier_choose(struct http *h)
 	bool ok = false;
 	json_t *report;
 
-	isolation_probe(h->cfg, (uid_t)(h->cfg->run_uid + RUNUSER_COUNT - 1), &h->iso);
+	isolation_probe(h->cfg, (uid_t)(h->cfg->run_uid + h->cfg->run_uids - 1), &h->iso);
 	if (strcmp(want, "restricted") != 0)
 		ok = tier_try(h, JAIL_FULL, full_why, sizeof(full_why));
 	if (!ok && strcmp(want, "full") != 0)

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "filter.h"
+#include "landlock.h"
 #include "log.h"
 #include "runuser.h"
 
@@ -177,7 +178,8 @@ static int full_args(struct args *a, const struct config *c, const char *py, con
 	rc |= jail_add(a, "--bindmount_ro=%s", py);
 	rc |= jail_add(a, "--bindmount_ro=%s", lib);
 	rc |= jail_add(a, "--bindmount_ro=%s:/pyexec/runner.py", c->runner);
-	rc |= jail_add(a, "--mount=none:/tmp:tmpfs:size=%lum,mode=0700", c->tmp_mb);
+	rc |= jail_add(a, "--mount=none:/tmp:tmpfs:size=%lum,nr_inodes=%lu,mode=0700", c->tmp_mb,
+	               c->tmp_files);
 	return rc;
 }
 
@@ -290,7 +292,16 @@ struct jail *jail_new(const struct config *c, const struct cgroup *cg, enum jail
 		if (filter_build_restricted(&j->filter, e) < 0)
 			goto fail;
 		j->limits.filter = &j->filter;
-		j->users = runusers_new((uid_t)c->run_uid, c->work_dir, e);
+		j->limits.landlock_abi = landlock_abi();
+		struct runusers_opts o = {
+		    .base = (uid_t)c->run_uid,
+		    .count = (unsigned)c->run_uids,
+		    .root = c->work_dir,
+		    .tmp_bytes = c->tmp_mb << 20,
+		    .tmp_files = c->tmp_files,
+		    .sweep_shared = j->limits.landlock_abi == 0,
+		};
+		j->users = runusers_new(&o, e);
 		if (!j->users)
 			goto fail;
 	}
@@ -374,9 +385,6 @@ void jail_reaped(void *jail, struct run_result *r)
 
 void jail_done(struct jail *j, struct run_result *r)
 {
-	/* Before the answer: what the run left in files goes now (its processes got SIGKILL). */
-	if (r->reaped_later && j->tier == JAIL_RESTRICTED && r->uid)
-		runusers_sweep(j->users, r->uid);
 	if (r->reaped_later)
 		return;
 	if (j->tier == JAIL_RESTRICTED) {
@@ -388,6 +396,14 @@ void jail_done(struct jail *j, struct run_result *r)
 		return;
 	r->memory_hit = cgroup_run_hit_memory(j->cg, r->tag, j->mem_bytes);
 	cgroup_run_remove(j->cg, r->tag);
+}
+
+bool jail_users_stats(struct jail *j, struct runusers_stats *s)
+{
+	if (!j || j->tier != JAIL_RESTRICTED)
+		return false;
+	runusers_stats(j->users, s);
+	return true;
 }
 
 void jail_free(struct jail *j)

@@ -10,6 +10,7 @@
 #include "config.h"
 #include "err.h"
 #include "run.h"
+#include "runuser.h"
 
 /* The descriptor on which the runner writes its ready line and its result frame. */
 #define JAIL_RESULT_FD 3
@@ -44,6 +45,8 @@ void jail_done(struct jail *j, struct run_result *r);
 void jail_discard(struct jail *j, struct sandbox *sb, struct run_result *r);
 /* The same as jail_done, as a run_spec.reaped callback (jail is a struct jail *). */
 void jail_reaped(void *jail, struct run_result *r);
+/* Restricted tier: how its run uids stand (runuser.h); false in tier full. */
+bool jail_users_stats(struct jail *j, struct runusers_stats *s);
 void jail_free(struct jail *j);
 
 #endif

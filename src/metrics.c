@@ -164,6 +164,12 @@ char *metrics_render(struct metrics *m, const struct metrics_gauges *g)
 	gauge(f, "pyexec_slots", "Execution slots (PYEXEC_CONCURRENCY).", g->slots);
 	gauge(f, "pyexec_pool_ready", "Ready jails waiting for a script.", g->ready);
 	gauge(f, "pyexec_pool_size", "Ready jails the pool keeps (PYEXEC_POOL).", g->pool_size);
+	gauge(f, "pyexec_run_uids_cleaning",
+	      "Restricted tier: run uids whose processes and files are being removed.",
+	      g->uids_cleaning);
+	gauge(f, "pyexec_run_uids_quarantined",
+	      "Restricted tier: run uids never used again because their clean-up failed.",
+	      g->uids_quarantined);
 	if (fclose(f) != 0) {
 		free(text);
 		return NULL;

@@ -16,6 +16,7 @@ void metrics_jail_event(struct metrics *m, const char *event);
 
 struct metrics_gauges {
 	unsigned queued, running, ready, pool_size, slots;
+	unsigned uids_cleaning, uids_quarantined; /* restricted tier's run uids */
 };
 
 /* The exposition text, malloc'd (caller frees), or NULL when out of memory. */

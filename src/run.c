@@ -494,10 +494,10 @@ void sandbox_run(struct sandbox *sb, const struct run_spec *s, struct run_result
 	}
 	drain(&io);
 	r->exec_ms = (long)((run_now() - handover) * 1000);
-	/* The restricted tier has no namespace whose end ends every process: the run's uid gets
-	 * SIGKILL now, before the answer; the reaper makes sure they are gone. */
+	/* The restricted tier has no namespace whose end ends every process: every task of the
+	 * run's uid is gone before the answer (the kernel's kill, then a scan of every task). */
 	if (io.init_status == 0 && !io.killed && sb->uid)
-		spawn_signal_user(sb->uid);
+		spawn_kill_user(sb->uid);
 	if (io.init_status == 0 && !io.killed && reap_later(sb, s)) {
 		r->exit_code = 0;
 		memcpy(r->tag, sb->tag, sizeof(r->tag));

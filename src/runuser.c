@@ -8,44 +8,49 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
-#include <sys/random.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "log.h"
+#include "rmtree.h"
 #include "spawn.h"
 
-/* Below this depth a tree is moved up before it is removed, so removal never needs more than
- * this many open directories however deep a script nests them. */
-#define RM_DEPTH 16
-#define RM_MOVED_MAX 64  /* trees moved up and not yet removed, per removal */
-#define RM_PASSES 100000 /* a tree 1.6 million levels deep; deeper is a failure */
 #define SHARED_MAX 8
+#define SWEEP_DEPTH 16
+/* A removal that meets more entries than this is something still growing: it fails. A
+ * run's tmpfs holds PYEXEC_TMP_FILES at most; a plain directory is bounded only by the disk. */
+#define ENTRIES_MAX (64UL * 1000 * 1000)
 
 enum slot_state {
-	SLOT_UNKNOWN, /* not handed out since start-up: a crashed server may have left something */
 	SLOT_FREE,
 	SLOT_USED,
-	SLOT_DIRTY, /* its clean-up failed: cleaned again before any reuse */
+	SLOT_CLEANING,
+	SLOT_QUARANTINED, /* its clean-up failed: never handed out again */
 };
 
-/* How many dirty uids one take may try to clean before it gives up. */
-#define DIRTY_TRIES 4
-
 struct runusers {
-	pthread_mutex_t mu;       /* state, next */
-	pthread_mutex_t clean_mu; /* file removal */
-	uid_t base;
-	int root_fd;                        /* the directory that holds the working directories */
-	char root[PATH_MAX - 32];           /* room for "/<uid>" */
-	unsigned char state[RUNUSER_COUNT]; /* enum slot_state */
-	unsigned next;                      /* where the search for a free uid starts */
+	pthread_mutex_t mu; /* everything below but the descriptors */
+	pthread_cond_t cv;
+	struct runusers_opts o;
+	int root_fd;              /* the directory that holds the working directories */
+	char root[PATH_MAX - 32]; /* room for "/<uid>" */
+	dev_t root_dev;
 	int lock_fd;
 	int shared_fd[SHARED_MAX];
 	int nshared;
+	bool tmpfs;
+	unsigned char *state; /* enum slot_state, per uid */
+	uid_t *queue;         /* uids to clean, a ring of o.count */
+	unsigned qhead, qlen;
+	unsigned next; /* where the search for a free uid starts */
+	unsigned used, cleaning, quarantined;
+	bool stop;
+	bool started;
+	pthread_t cleaner;
 };
 
-/* Directories any uid may write to: what a run leaves there is found by owner. */
+/* Directories any uid may write to, where a host without Landlock lets a run leave files. */
 static const char *const shared_candidates[] = {"/tmp",        "/var/tmp",  "/dev/shm",
                                                 "/dev/mqueue", "/run/lock", "/var/lock"};
 
@@ -83,25 +88,29 @@ fail:
 static int root_open(struct runusers *ru, const char *work, struct err *e)
 {
 	char name[32];
+	struct stat st;
 	int work_fd = private_dir(AT_FDCWD, work, work, e);
 
 	if (work_fd < 0)
 		return -1;
-	snprintf(name, sizeof(name), "%u.lock", (unsigned)ru->base);
+	snprintf(name, sizeof(name), "%u.lock", (unsigned)ru->o.base);
 	ru->lock_fd = openat(work_fd, name, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
 	if (ru->lock_fd < 0 || flock(ru->lock_fd, LOCK_EX | LOCK_NB) < 0) {
 		err_set(e, 500, "internal",
 		        "the run uids from %u are in use by another pyexecd (%s/%s); give each "
 		        "server its own PYEXEC_RUN_UID",
-		        (unsigned)ru->base, work, strerror(errno));
+		        (unsigned)ru->o.base, work, strerror(errno));
 		close(work_fd);
 		return -1;
 	}
-	snprintf(name, sizeof(name), "%u", (unsigned)ru->base);
+	snprintf(name, sizeof(name), "%u", (unsigned)ru->o.base);
 	snprintf(ru->root, sizeof(ru->root), "%s/%s", work, name);
 	ru->root_fd = private_dir(work_fd, name, ru->root, e);
 	close(work_fd);
-	return ru->root_fd < 0 ? -1 : 0;
+	if (ru->root_fd < 0 || fstat(ru->root_fd, &st) < 0)
+		return -1;
+	ru->root_dev = st.st_dev;
+	return 0;
 }
 
 static void shared_open(struct runusers *ru)
@@ -119,131 +128,37 @@ static void shared_open(struct runusers *ru)
 	}
 }
 
-struct runusers *runusers_new(uid_t base, const char *root, struct err *e)
-{
-	struct runusers *ru = calloc(1, sizeof(*ru));
-
-	if (!ru) {
-		err_set(e, 500, "internal", "out of memory");
-		return NULL;
-	}
-	pthread_mutex_init(&ru->mu, NULL);
-	pthread_mutex_init(&ru->clean_mu, NULL);
-	ru->base = base;
-	ru->root_fd = -1;
-	ru->lock_fd = -1;
-	if (base == 0 || base + RUNUSER_COUNT < base) {
-		err_set(e, 0, "config", "PYEXEC_RUN_UID must leave room for %d uids above 0",
-		        RUNUSER_COUNT);
-		goto fail;
-	}
-	if (root_open(ru, root, e) < 0)
-		goto fail;
-	shared_open(ru);
-	return ru;
-fail:
-	runusers_free(ru);
-	return NULL;
-}
-
 bool runusers_owns(const struct runusers *ru, uid_t uid)
 {
-	return uid >= ru->base && uid < ru->base + RUNUSER_COUNT;
+	return uid >= ru->o.base && uid - ru->o.base < ru->o.count;
 }
 
-/* One removal: the directory it started in (top), on one file system, and the trees it moved
- * up to top because they were too deep to walk at once. */
-struct removal {
-	int top;
-	dev_t dev;
-	char moved[RM_MOVED_MAX][32];
-	int nmoved;
-	bool failed; /* something could not be removed or moved */
-};
-
-/* Removes name under parent, a directory tree or not, never following a link or leaving the
- * file system. A tree deeper than RM_DEPTH is renamed into rm->top, under a name no run can
- * guess, and removed from there after (rm_all): removal never holds more than RM_DEPTH open
- * directories. */
-static void rm_at(struct removal *rm, int parent, const char *name, int depth)
+/* Removes root/<name>: unmounts it first when it is a run's tmpfs, which frees its files at
+ * once however many there are. */
+static bool remove_dir(struct runusers *ru, const char *name)
 {
 	struct stat st;
-	struct dirent *de;
-	DIR *d;
-	int fd;
 
-	if (fstatat(parent, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
-		return; /* gone already */
-	if (st.st_dev != rm->dev) {
-		rm->failed = true; /* something mounted there: not ours to walk */
-		return;
+	if (fstatat(ru->root_fd, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+		return errno == ENOENT;
+	if (st.st_dev != ru->root_dev) {
+		char path[PATH_MAX];
+		snprintf(path, sizeof(path), "%s/%s", ru->root, name);
+		if (umount2(path, MNT_DETACH | UMOUNT_NOFOLLOW) < 0)
+			return false;
 	}
-	if (!S_ISDIR(st.st_mode)) {
-		if (unlinkat(parent, name, 0) < 0 && errno != ENOENT)
-			rm->failed = true;
-		return;
-	}
-	if (depth >= RM_DEPTH) {
-		unsigned long long r;
-		char *slot;
-		if (rm->nmoved == RM_MOVED_MAX || getrandom(&r, sizeof(r), 0) != sizeof(r)) {
-			rm->failed = true;
-			return;
-		}
-		slot = rm->moved[rm->nmoved];
-		snprintf(slot, sizeof(rm->moved[0]), ".pyexec-gone-%016llx", r);
-		if (renameat2(parent, name, rm->top, slot, RENAME_NOREPLACE) == 0)
-			rm->nmoved++;
-		else if (errno != ENOENT)
-			rm->failed = true;
-		return;
-	}
-	fd = openat(parent, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-	/* A directory the run made unreadable to us is still ours to open: root ignores modes. */
-	d = fd >= 0 ? fdopendir(fd) : NULL;
-	if (!d) {
-		if (fd >= 0)
-			close(fd);
-		rm->failed = true;
-		return;
-	}
-	while ((de = readdir(d)))
-		if (strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0)
-			rm_at(rm, dirfd(d), de->d_name, depth + 1);
-	closedir(d);
-	if (unlinkat(parent, name, AT_REMOVEDIR) < 0 && errno != ENOENT)
-		rm->failed = true;
+	return rmtree_at(ru->root_fd, name, ENTRIES_MAX);
 }
 
-/* rm_at, then the trees it moved up, each pass RM_DEPTH levels further down; bounded, so a
- * tree that keeps growing (a run still alive writing into it) ends as a failure. */
-static bool rm_all(int top, const char *name)
-{
-	struct removal rm = {.top = top};
-	struct stat st;
-
-	if (fstat(top, &st) < 0)
-		return false;
-	rm.dev = st.st_dev;
-	rm_at(&rm, top, name, 0);
-	for (int pass = 0; rm.nmoved && pass < RM_PASSES; pass++) {
-		char moved[32];
-		memcpy(moved, rm.moved[--rm.nmoved], sizeof(moved));
-		rm_at(&rm, top, moved, 0);
-	}
-	return !rm.failed && rm.nmoved == 0;
-}
-
-/* Removes every entry of a shared directory that uid owns. An entry it owns can hold only what
- * it or others let in; a world-writable directory of someone else's is searched too, but not
- * another run's (that run's own clean-up removes it). False when something of uid is left. */
-static bool sweep(struct runusers *ru, int dir, uid_t uid, int depth)
+/* Removes every entry of a shared directory owned by a uid in [lo, hi]. An entry such a uid
+ * owns can hold only what it or others let in; a world-writable directory of someone else's
+ * is searched too, but not another run's (that run's own clean-up removes it). */
+static bool sweep(struct runusers *ru, int dir, uid_t lo, uid_t hi, int depth)
 {
 	struct stat st, top;
 	struct dirent *de;
 	bool ok = true;
 	DIR *d;
-	/* An open of its own: other threads sweep the same directory with their own offsets. */
 	int fd = openat(dir, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 
 	if (fd < 0 || fstat(fd, &top) < 0 || !(d = fdopendir(fd))) {
@@ -256,14 +171,14 @@ static bool sweep(struct runusers *ru, int dir, uid_t uid, int depth)
 		    fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 ||
 		    st.st_dev != top.st_dev)
 			continue;
-		if (st.st_uid == uid) {
-			ok &= rm_all(dirfd(d), de->d_name);
-		} else if (S_ISDIR(st.st_mode) && (st.st_mode & S_IWOTH) && depth < RM_DEPTH &&
+		if (st.st_uid >= lo && st.st_uid <= hi) {
+			ok &= rmtree_at(dirfd(d), de->d_name, ENTRIES_MAX);
+		} else if (S_ISDIR(st.st_mode) && (st.st_mode & S_IWOTH) && depth < SWEEP_DEPTH &&
 		           !runusers_owns(ru, st.st_uid)) {
 			int sub = openat(dirfd(d), de->d_name,
 			                 O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 			if (sub >= 0) {
-				ok &= sweep(ru, sub, uid, depth + 1);
+				ok &= sweep(ru, sub, lo, hi, depth + 1);
 				close(sub);
 			}
 		}
@@ -272,87 +187,192 @@ static bool sweep(struct runusers *ru, int dir, uid_t uid, int depth)
 	return ok;
 }
 
-/* One removal at a time: two walking the same tree (the sweep before the answer and the
- * reaper's) would each find the other's moves half done. */
-static bool remove_files(struct runusers *ru, uid_t uid)
+static bool sweep_shared(struct runusers *ru, uid_t lo, uid_t hi)
 {
-	char name[32];
-	bool ok;
+	bool ok = true;
 
-	snprintf(name, sizeof(name), "%u", (unsigned)uid);
-	pthread_mutex_lock(&ru->clean_mu);
-	ok = rm_all(ru->root_fd, name);
-	for (int i = 0; i < ru->nshared; i++)
-		ok &= sweep(ru, ru->shared_fd[i], uid, 0);
-	pthread_mutex_unlock(&ru->clean_mu);
+	for (int i = 0; ru->o.sweep_shared && i < ru->nshared; i++)
+		ok &= sweep(ru, ru->shared_fd[i], lo, hi, 0);
 	return ok;
 }
 
-void runusers_sweep(struct runusers *ru, uid_t uid)
-{
-	if (runusers_owns(ru, uid))
-		remove_files(ru, uid);
-}
-
-/* Ends every process of uid and removes its files. False when something of it is left. */
+/* The cleaner's work for one uid: no task left, no file left. */
 static bool clean(struct runusers *ru, uid_t uid)
 {
-	return spawn_kill_user(uid) == 0 && remove_files(ru, uid);
+	char name[32];
+
+	snprintf(name, sizeof(name), "%u", (unsigned)uid);
+	if (spawn_kill_user(uid) < 0) {
+		log_error("uid %u: a process of the run survived its kill; the uid is quarantined",
+		          (unsigned)uid);
+		return false;
+	}
+	if (!remove_dir(ru, name) || !sweep_shared(ru, uid, uid)) {
+		log_error("uid %u: a file of the run could not be removed; the uid is quarantined",
+		          (unsigned)uid);
+		return false;
+	}
+	return true;
 }
 
-static void set_state(struct runusers *ru, uid_t uid, unsigned char state)
+static void *cleaner_main(void *arg)
 {
-	pthread_mutex_lock(&ru->mu);
-	ru->state[uid - ru->base] = state;
-	pthread_mutex_unlock(&ru->mu);
-}
-
-/* Reserves the next uid in round robin that no jail holds. Round robin: a uid comes back only
- * after the others, long after the zombies of its last run (which still count against its
- * RLIMIT_NPROC) were reaped by PID 1. Returns the slot's state before, or -1. */
-static int reserve(struct runusers *ru, uid_t *uid)
-{
-	int found = -1;
+	struct runusers *ru = arg;
 
 	pthread_mutex_lock(&ru->mu);
-	for (unsigned i = 0; i < RUNUSER_COUNT; i++) {
-		unsigned slot = (ru->next + i) % RUNUSER_COUNT;
-		if (ru->state[slot] == SLOT_USED)
-			continue;
-		found = ru->state[slot];
-		ru->state[slot] = SLOT_USED;
-		ru->next = slot + 1;
-		*uid = ru->base + slot;
-		break;
+	for (;;) {
+		while (!ru->qlen && !ru->stop)
+			pthread_cond_wait(&ru->cv, &ru->mu);
+		if (ru->stop)
+			break;
+		uid_t uid = ru->queue[ru->qhead];
+		ru->qhead = (ru->qhead + 1) % ru->o.count;
+		ru->qlen--;
+		pthread_mutex_unlock(&ru->mu);
+		bool ok = clean(ru, uid);
+		pthread_mutex_lock(&ru->mu);
+		ru->state[uid - ru->o.base] = ok ? SLOT_FREE : SLOT_QUARANTINED;
+		ru->cleaning--;
+		ru->quarantined += !ok;
+		pthread_cond_broadcast(&ru->cv);
 	}
 	pthread_mutex_unlock(&ru->mu);
-	return found;
+	return NULL;
+}
+
+/* Whether the server may mount a tmpfs for each run (root with CAP_SYS_ADMIN, a seccomp
+ * profile that allows mount). */
+static bool tmpfs_allowed(struct runusers *ru)
+{
+	char path[PATH_MAX];
+	bool ok;
+
+	snprintf(path, sizeof(path), "%s/.probe", ru->root);
+	if (mkdirat(ru->root_fd, ".probe", 0700) < 0 && errno != EEXIST)
+		return false;
+	ok = mount("none", path, "tmpfs", MS_NOSUID | MS_NODEV, "size=64k,nr_inodes=16") == 0;
+	if (ok && umount2(path, MNT_DETACH) < 0)
+		ok = false;
+	unlinkat(ru->root_fd, ".probe", AT_REMOVEDIR);
+	return ok;
+}
+
+/* A crashed server may have left processes and files of the uids: gone before any is used. */
+static int clean_all(struct runusers *ru, struct err *e)
+{
+	uid_t hi = ru->o.base + ru->o.count - 1;
+	struct dirent *de;
+	bool ok = spawn_kill_range(ru->o.base, hi) == 0;
+	int fd = openat(ru->root_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+
+	if (!d) {
+		if (fd >= 0)
+			close(fd);
+		return err_set(e, 500, "internal", "cannot read %s: %s", ru->root, strerror(errno));
+	}
+	while (ok && (de = readdir(d)))
+		if (strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0)
+			ok = remove_dir(ru, de->d_name);
+	closedir(d);
+	if (!ok || !sweep_shared(ru, ru->o.base, hi))
+		return err_set(e, 500, "internal",
+		               "cannot remove what an earlier server left for the run uids %u-%u "
+		               "(processes, or files in %s)",
+		               (unsigned)ru->o.base, (unsigned)hi, ru->root);
+	return 0;
+}
+
+struct runusers *runusers_new(const struct runusers_opts *o, struct err *e)
+{
+	struct runusers *ru = calloc(1, sizeof(*ru));
+
+	if (!ru) {
+		err_set(e, 500, "internal", "out of memory");
+		return NULL;
+	}
+	pthread_mutex_init(&ru->mu, NULL);
+	pthread_cond_init(&ru->cv, NULL);
+	ru->o = *o;
+	ru->root_fd = -1;
+	ru->lock_fd = -1;
+	if (o->base == 0 || o->count < 2 || o->base + o->count < o->base) {
+		err_set(e, 0, "config", "PYEXEC_RUN_UID must leave room for %u uids above 0",
+		        o->count);
+		goto fail;
+	}
+	ru->state = calloc(o->count, sizeof(*ru->state));
+	ru->queue = calloc(o->count, sizeof(*ru->queue));
+	if (!ru->state || !ru->queue) {
+		err_set(e, 500, "internal", "out of memory");
+		goto fail;
+	}
+	if (root_open(ru, o->root, e) < 0)
+		goto fail;
+	shared_open(ru);
+	if (clean_all(ru, e) < 0)
+		goto fail;
+	ru->tmpfs = tmpfs_allowed(ru);
+	if (pthread_create(&ru->cleaner, NULL, cleaner_main, ru) != 0) {
+		err_set(e, 500, "internal", "cannot start the run uids' cleaner thread");
+		goto fail;
+	}
+	ru->started = true;
+	return ru;
+fail:
+	runusers_free(ru);
+	return NULL;
+}
+
+/* Reserves the next free uid in round robin, so a uid comes back as late as possible. */
+static int reserve(struct runusers *ru, uid_t *uid, struct err *e)
+{
+	int rc = -1;
+
+	pthread_mutex_lock(&ru->mu);
+	for (unsigned i = 0; i < ru->o.count; i++) {
+		unsigned slot = (ru->next + i) % ru->o.count;
+		if (ru->state[slot] != SLOT_FREE)
+			continue;
+		ru->state[slot] = SLOT_USED;
+		ru->used++;
+		ru->next = slot + 1;
+		*uid = ru->o.base + slot;
+		rc = 0;
+		break;
+	}
+	if (rc < 0)
+		err_set(e, 503, "busy",
+		        "every run uid is in use or being cleaned (%u quarantined); retry shortly",
+		        ru->quarantined);
+	pthread_mutex_unlock(&ru->mu);
+	return rc;
+}
+
+/* Makes root/<name> for uid: a tmpfs of its own where allowed. Made as the server, then given
+ * away: the run cannot have planted anything there. */
+static int make_dir(struct runusers *ru, uid_t uid, const char *name, const char *path)
+{
+	if (mkdirat(ru->root_fd, name, 0700) < 0)
+		return -1;
+	if (ru->tmpfs) {
+		char opts[128];
+		snprintf(opts, sizeof(opts), "size=%lu,nr_inodes=%lu,mode=0700,uid=%u,gid=%u",
+		         ru->o.tmp_bytes, ru->o.tmp_files, (unsigned)uid, (unsigned)uid);
+		return mount("none", path, "tmpfs", MS_NOSUID | MS_NODEV, opts);
+	}
+	return fchownat(ru->root_fd, name, uid, uid, AT_SYMLINK_NOFOLLOW);
 }
 
 int runusers_take(struct runusers *ru, uid_t *uid, char dir[PATH_MAX], struct err *e)
 {
 	char name[32];
-	int state = -1;
 
-	for (int tries = 0; tries <= DIRTY_TRIES; tries++) {
-		state = reserve(ru, uid);
-		if (state < 0)
-			return err_set(e, 503, "busy", "every run uid is in use");
-		if (state == SLOT_FREE || clean(ru, *uid))
-			break;
-		log_error("uid %u: what an earlier run left could not all be removed; tried again "
-		          "before its next use",
-		          (unsigned)*uid);
-		set_state(ru, *uid, SLOT_DIRTY);
-		state = -1;
-	}
-	if (state < 0)
-		return err_set(e, 500, "internal", "no clean run uid: clean-ups keep failing");
+	if (reserve(ru, uid, e) < 0)
+		return -1;
 	snprintf(name, sizeof(name), "%u", (unsigned)*uid);
 	snprintf(dir, PATH_MAX, "%s/%s", ru->root, name);
-	/* Made as the server, then given away: the run cannot have planted anything there. */
-	if (mkdirat(ru->root_fd, name, 0700) < 0 ||
-	    fchownat(ru->root_fd, name, *uid, *uid, AT_SYMLINK_NOFOLLOW) < 0) {
+	if (make_dir(ru, *uid, name, dir) < 0) {
 		err_set(e, 500, "internal", "cannot prepare %s: %s", dir, strerror(errno));
 		runusers_give_back(ru, *uid);
 		return -1;
@@ -362,29 +382,54 @@ int runusers_take(struct runusers *ru, uid_t *uid, char dir[PATH_MAX], struct er
 
 void runusers_give_back(struct runusers *ru, uid_t uid)
 {
-	bool ok;
-
 	if (!runusers_owns(ru, uid))
 		return;
-	ok = clean(ru, uid);
-	if (!ok)
-		log_error("uid %u: a process or file of the run could not be removed; the uid is "
-		          "cleaned again before its next use",
-		          (unsigned)uid);
-	set_state(ru, uid, ok ? SLOT_FREE : SLOT_DIRTY);
+	pthread_mutex_lock(&ru->mu);
+	if (ru->state[uid - ru->o.base] == SLOT_USED) {
+		ru->state[uid - ru->o.base] = SLOT_CLEANING;
+		ru->used--;
+		ru->cleaning++;
+		ru->queue[(ru->qhead + ru->qlen) % ru->o.count] = uid;
+		ru->qlen++;
+		pthread_cond_broadcast(&ru->cv);
+	}
+	pthread_mutex_unlock(&ru->mu);
+}
+
+void runusers_stats(struct runusers *ru, struct runusers_stats *s)
+{
+	pthread_mutex_lock(&ru->mu);
+	s->used = ru->used;
+	s->cleaning = ru->cleaning;
+	s->quarantined = ru->quarantined;
+	s->count = ru->o.count;
+	s->tmpfs = ru->tmpfs;
+	pthread_mutex_unlock(&ru->mu);
 }
 
 void runusers_free(struct runusers *ru)
 {
 	if (!ru)
 		return;
+	if (ru->started) {
+		pthread_mutex_lock(&ru->mu);
+		ru->stop = true;
+		pthread_cond_broadcast(&ru->cv);
+		pthread_mutex_unlock(&ru->mu);
+		pthread_join(ru->cleaner, NULL);
+		/* What is still queued or in use: its tmpfs mounts must not outlive the server. */
+		struct err ignored;
+		clean_all(ru, &ignored);
+	}
 	if (ru->root_fd >= 0)
 		close(ru->root_fd);
 	if (ru->lock_fd >= 0)
 		close(ru->lock_fd);
 	for (int i = 0; i < ru->nshared; i++)
 		close(ru->shared_fd[i]);
+	free(ru->state);
+	free(ru->queue);
+	pthread_cond_destroy(&ru->cv);
 	pthread_mutex_destroy(&ru->mu);
-	pthread_mutex_destroy(&ru->clean_mu);
 	free(ru);
 }

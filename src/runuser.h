@@ -1,7 +1,10 @@
 /* runuser: the restricted tier's per-run identities. Each jail gets a uid and gid no other live
- * jail has, and a private 0700 working directory. Giving one back kills what still runs as it,
- * removes its directory and every file it left in the shared writable directories, without
- * following links, so the next jail that gets the uid inherits nothing. */
+ * jail has, and a private 0700 working directory: a size- and file-capped tmpfs of its own where
+ * the host lets the server mount one, else a plain directory. Giving a uid back hands it to a
+ * cleaner thread, off every answer's path: it makes sure the kernel shows no task of the uid,
+ * removes its directory (and, on hosts without Landlock, what it left in the shared writable
+ * directories), and only then frees the uid; a uid whose clean-up fails is quarantined, never
+ * reused. */
 #ifndef PYEXEC_RUNUSER_H
 #define PYEXEC_RUNUSER_H
 
@@ -11,25 +14,35 @@
 
 #include "err.h"
 
-#define RUNUSER_COUNT 1024
-
 struct runusers;
 
-/* Uids base .. base + RUNUSER_COUNT - 1 must belong to nobody else on the host. root must be a
- * directory of the server's own that only it can write, or a path it can create. NULL with e
- * filled on failure. Free with runusers_free. */
-struct runusers *runusers_new(uid_t base, const char *root, struct err *e);
-/* Takes a free uid and makes its working directory (written to dir). -1 when none is free or
- * the directory cannot be made. */
+struct runusers_opts {
+	uid_t base;              /* uids base .. base + count - 1 belong to nobody else */
+	unsigned count;          /* at least 2 */
+	const char *root;        /* made if missing; only the server may write it */
+	unsigned long tmp_bytes; /* a run directory's size, where it is a tmpfs */
+	unsigned long tmp_files; /* and its inodes */
+	bool sweep_shared;       /* runs can write /tmp and the like (no Landlock): sweep them */
+};
+
+struct runusers_stats {
+	unsigned used, cleaning, quarantined, count;
+	bool tmpfs; /* run directories are capped tmpfs mounts */
+};
+
+/* Kills what runs as any of the uids and removes what an earlier server left under root, then
+ * starts the cleaner. NULL with e filled on failure. Free with runusers_free. */
+struct runusers *runusers_new(const struct runusers_opts *o, struct err *e);
+/* Takes a free uid and makes its working directory (written to dir). -1 with e filled (503
+ * busy when every uid is in use, being cleaned or quarantined). */
 int runusers_take(struct runusers *ru, uid_t *uid, char dir[PATH_MAX], struct err *e);
-/* Removes what uid left in its directory and the shared directories, while its processes
- * (already sent SIGKILL) may still be going away: so that the next run finds nothing of it.
- * runusers_give_back follows once they are gone. */
-void runusers_sweep(struct runusers *ru, uid_t uid);
-/* Ends what runs as uid and removes its files; the uid is free again only once that worked. */
+/* Queues uid for its clean-up and returns at once; the caller has already killed its
+ * processes (spawn_kill_user) and reaped the one it started. */
 void runusers_give_back(struct runusers *ru, uid_t uid);
 /* True when uid is one of ours. */
 bool runusers_owns(const struct runusers *ru, uid_t uid);
+void runusers_stats(struct runusers *ru, struct runusers_stats *s);
+/* Stops the cleaner after the clean-up it is doing, and frees ru. */
 void runusers_free(struct runusers *ru);
 
 #endif

@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <dirent.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdbool.h>
@@ -16,6 +17,8 @@
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#include "landlock.h"
 
 static char *const empty_env[] = {NULL};
 
@@ -110,6 +113,8 @@ static int child_filter(const struct spawn_user *u)
 {
 	if (syscall(SYS_prctl, PR_SET_NO_NEW_PRIVS, 1UL, 0UL, 0UL, 0UL) < 0)
 		return -1;
+	if (u->landlock_abi > 0 && landlock_confine(u->dir, u->landlock_abi) < 0)
+		return -1;
 	if (u->filter &&
 	    syscall(SYS_prctl, PR_SET_SECCOMP, SECCOMP_MODE_FILTER, u->filter, 0UL, 0UL) < 0)
 		return -1;
@@ -174,38 +179,84 @@ pid_t spawn_process(char *const argv[], const int fds[SPAWN_FDS], const struct s
 	return user ? spawn_as(argv, fds, user, e) : spawn_plain(argv, fds, e);
 }
 
-/* True when the process in /proc/<name> is alive (not a zombie) and runs as uid. */
-static bool live_process_of(int proc, const char *name, uid_t uid)
+/* Reads /proc/<name>/<file> (a status file) into text; false when it is gone. */
+static bool read_status_file(int proc, const char *name, const char *file, char *text, size_t n)
 {
-	char path[300], text[2048], *state, *ids;
-	unsigned long u[4] = {0, 0, 0, 0};
-	struct stat st;
-	ssize_t n;
+	char path[300];
+	ssize_t len;
 	int fd;
 
-	/* The directory belongs to the process's effective uid: most processes end here. */
-	if (fstatat(proc, name, &st, 0) < 0 || st.st_uid != uid)
-		return false;
-	snprintf(path, sizeof(path), "%s/status", name);
+	snprintf(path, sizeof(path), "%s/%s", name, file);
 	fd = openat(proc, path, O_RDONLY | O_CLOEXEC);
-	n = fd >= 0 ? read(fd, text, sizeof(text) - 1) : -1;
+	len = fd >= 0 ? read(fd, text, n - 1) : -1;
 	if (fd >= 0)
 		close(fd);
-	if (n <= 0)
+	if (len <= 0)
 		return false;
-	text[n] = '\0';
-	state = strstr(text, "\nState:");
-	ids = strstr(text, "\nUid:");
+	text[len] = '\0';
+	return true;
+}
+
+/* From a status file: whether the task runs as uid (real, effective, saved or file system
+ * uid) and whether it is a zombie. False when the text cannot be read. */
+static bool status_of(const char *text, uid_t uid, bool *mine, bool *zombie)
+{
+	const char *state = strstr(text, "\nState:"), *ids = strstr(text, "\nUid:");
+	unsigned long u[4];
+
 	if (!state || !ids || sscanf(ids + 5, "%lu %lu %lu %lu", &u[0], &u[1], &u[2], &u[3]) != 4)
 		return false;
 	state += 7 + strspn(state + 7, " \t");
-	/* A zombie runs nothing, and its parent, not us, reaps it. */
-	return *state != 'Z' && *state != 'X' && (u[0] == uid || u[1] == uid || u[2] == uid);
+	*zombie = *state == 'Z' || *state == 'X';
+	*mine = u[0] == uid || u[1] == uid || u[2] == uid || u[3] == uid;
+	return true;
 }
 
-/* Sends SIGKILL to one process of uid found in /proc, from the server itself: a helper
- * running as uid could be killed by the very processes it hunts. A pidfd pins the process
- * while its owner is checked again, so a recycled pid is never signalled. */
+/* True when the thread group /proc/<name> runs as uid and still has a live task. Its leader
+ * may be a zombie while other threads of it run (the leader called exit, not exit_group): the
+ * tasks decide, not the leader's state. */
+static bool live_process_of(int proc, const char *name, uid_t uid)
+{
+	char text[2048], task[300];
+	struct dirent *de;
+	bool mine, zombie, live = false;
+	struct stat st;
+	DIR *d;
+	int fd;
+
+	/* /proc/<pid> belongs to the effective uid of a dumpable process, else to root: a
+	 * process of any other owner is not uid's (a thread of uid inside a process of another
+	 * uid would need privilege to get there). */
+	if (fstatat(proc, name, &st, 0) < 0 || (st.st_uid != uid && st.st_uid != 0))
+		return false;
+	if (!read_status_file(proc, name, "status", text, sizeof(text)) ||
+	    !status_of(text, uid, &mine, &zombie) || !mine)
+		return false;
+	if (!zombie)
+		return true;
+	snprintf(task, sizeof(task), "%s/task", name);
+	fd = openat(proc, task, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	d = fd >= 0 ? fdopendir(fd) : NULL;
+	if (!d) {
+		if (fd >= 0)
+			close(fd);
+		return false;
+	}
+	while (!live && (de = readdir(d))) {
+		char file[300];
+		if (de->d_name[0] < '1' || de->d_name[0] > '9')
+			continue;
+		snprintf(file, sizeof(file), "task/%s/status", de->d_name);
+		live = read_status_file(proc, name, file, text, sizeof(text)) &&
+		       status_of(text, uid, &mine, &zombie) && !zombie;
+	}
+	closedir(d);
+	return live;
+}
+
+/* Sends SIGKILL to one thread group of uid found in /proc, from the server itself. A pidfd
+ * pins the process while its owner is checked again, so a recycled pid is never signalled;
+ * a group-wide SIGKILL ends every thread, also those under a zombie leader. */
 static void kill_one(int proc, const char *name, uid_t uid)
 {
 	pid_t pid = (pid_t)strtol(name, NULL, 10);
@@ -244,10 +295,46 @@ static int user_pass(uid_t uid, bool do_kill)
 	return seen;
 }
 
+/* The kernel's own kill of a whole uid: a child of the server takes uid and sends SIGKILL to
+ * every process it may signal, kill(-1). The kernel walks every process at once under its
+ * task list lock, whatever their state, and a fork racing the walk fails: nothing of uid is
+ * missed, unlike a scan of /proc. The uid's processes could kill or stop the helper before it
+ * acts; then it is killed by the server and the caller tries again. True when it ran. */
+static bool kill_as(uid_t uid)
+{
+	int status = 0, pidfd;
+	struct pollfd p;
+	pid_t pid = fork();
+
+	if (pid == 0) {
+		/* Raw calls only: the server has other threads. */
+		if (syscall(SYS_setgroups, 0, NULL) < 0 ||
+		    syscall(SYS_setresgid, uid, uid, uid) < 0 ||
+		    syscall(SYS_setresuid, uid, uid, uid) < 0)
+			_exit(2);
+		syscall(SYS_kill, -1, SIGKILL);
+		_exit(0);
+	}
+	if (pid < 0)
+		return false;
+	pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+	p = (struct pollfd){.fd = pidfd, .events = POLLIN};
+	/* Without pidfds (some gVisor releases) the wait below is the only one. */
+	if (pidfd >= 0 && poll(&p, 1, 200) == 0)
+		kill(pid, SIGKILL);
+	if (pidfd >= 0)
+		close(pidfd);
+	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+		;
+	return WIFEXITED(status) && WEXITSTATUS(status) == 0;
+}
+
 int spawn_signal_user(uid_t uid)
 {
 	if (uid == 0)
 		return -1;
+	if (kill_as(uid))
+		return 0;
 	return user_pass(uid, true) < 0 ? -1 : 0;
 }
 
@@ -255,15 +342,55 @@ int spawn_kill_user(uid_t uid)
 {
 	if (uid == 0)
 		return -1;
-	/* A fork racing a pass is caught by the next; RLIMIT_NPROC bounds how many there are.
-	 * SIGKILL takes effect within microseconds: look again soon, then less often. */
-	for (int i = 0; i < 300; i++) {
-		int seen = user_pass(uid, true);
+	/* SIGKILL takes effect within microseconds: look again soon, then less often. Each
+	 * round is the kernel's kill and a kill of what a scan of every task still finds. */
+	for (int i = 0; i < 200; i++) {
+		int seen;
+		kill_as(uid);
+		seen = user_pass(uid, true);
 		if (seen < 0)
 			return -1;
 		if (seen == 0)
 			return 0;
-		usleep(i < 20 ? 100 : i < 100 ? 1000 : 10000);
+		usleep(i < 20 ? 200 : i < 100 ? 2000 : 10000);
 	}
 	return -1;
+}
+
+/* The first uid in [lo, hi] with a live task, found in /proc; 0 when there is none. */
+static uid_t user_in_range(uid_t lo, uid_t hi)
+{
+	DIR *d = opendir("/proc");
+	struct dirent *de;
+	uid_t found = 0;
+
+	if (!d)
+		return 0;
+	while (!found && (de = readdir(d))) {
+		char text[2048];
+		unsigned long u;
+		const char *ids;
+		if (de->d_name[0] < '1' || de->d_name[0] > '9' ||
+		    !read_status_file(dirfd(d), de->d_name, "status", text, sizeof(text)) ||
+		    !(ids = strstr(text, "\nUid:")) || sscanf(ids + 5, "%lu", &u) != 1)
+			continue;
+		if (u >= lo && u <= hi && live_process_of(dirfd(d), de->d_name, (uid_t)u))
+			found = (uid_t)u;
+	}
+	closedir(d);
+	return found;
+}
+
+int spawn_kill_range(uid_t lo, uid_t hi)
+{
+	if (lo == 0)
+		return -1;
+	for (unsigned i = 0; i <= hi - lo; i++) {
+		uid_t uid = user_in_range(lo, hi);
+		if (uid == 0)
+			return 0;
+		if (spawn_kill_user(uid) < 0)
+			return -1;
+	}
+	return user_in_range(lo, hi) ? -1 : 0;
 }

@@ -25,6 +25,9 @@ struct spawn_user {
 	int nlimits;
 	/* Installed with no_new_privs just before exec, so nsjail itself carries it (filter.h). */
 	const struct sock_fprog *filter;
+	/* The host's Landlock ABI, 0 for none: with one, the process may write only beneath dir
+	 * (landlock.h). */
+	int landlock_abi;
 };
 
 /* Starts argv with fds[i] as its descriptor i (0 <= i < SPAWN_FDS) and every other descriptor
@@ -35,9 +38,11 @@ struct spawn_user {
 pid_t spawn_process(char *const argv[], const int fds[SPAWN_FDS], const struct spawn_user *user,
                     struct err *e);
 
-/* Sends SIGKILL to every process of uid (never 0) once, without waiting for them to die.
- * Returns -1 when it could not be attempted. */
+/* Sends SIGKILL to every process of uid (never 0) once, the kernel's way (kill(-1) as uid),
+ * without waiting for them to die. Returns -1 when it could not be attempted. */
 int spawn_signal_user(uid_t uid);
+/* spawn_kill_user for every uid in [lo, hi] that has a process. 0 when none is left. */
+int spawn_kill_range(uid_t lo, uid_t hi);
 /* Sends SIGKILL to every process of uid (never 0) until none is left. Returns 0 when none is
  * left, -1 when some survived or the kill could not be attempted. */
 int spawn_kill_user(uid_t uid);

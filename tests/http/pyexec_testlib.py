@@ -171,6 +171,7 @@ class Server:
     def __init__(self, name, extra_env, log_dir, start_timeout=None, prefix=()):
         """prefix: a command that runs pyexecd (it gets pyexecd's command line)."""
         self.name = name
+        self.prefix = tuple(prefix)
         self.extra_env = dict(extra_env)
         self.port = free_port()
         self.log_path = Path(log_dir) / f"pyexecd-{name}-{self.port}.log"
