@@ -24,10 +24,10 @@ build/pyexecd: $(SRCS) $(HDRS) | build
 build-asan/pyexecd: $(SRCS) $(HDRS) | build-asan
 	$(CC) $(CPPFLAGS) -O1 -g $(SAN) $(WARN) -o $@ $(SRCS) $(LIBS)
 
-build/unit: $(UNIT) $(LIB_SRCS) $(HDRS) | build
+build/unit: $(UNIT) $(LIB_SRCS) $(HDRS) tests/unit/unit.h | build
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -iquote src -o $@ $(UNIT) $(LIB_SRCS) $(LIBS) -lcmocka
 
-build-asan/unit: $(UNIT) $(LIB_SRCS) $(HDRS) | build-asan
+build-asan/unit: $(UNIT) $(LIB_SRCS) $(HDRS) tests/unit/unit.h | build-asan
 	$(CC) $(CPPFLAGS) -O1 -g $(SAN) $(WARN) -iquote src -o $@ $(UNIT) $(LIB_SRCS) $(LIBS) -lcmocka
 
 build build-asan:

@@ -16,6 +16,7 @@ mode can start one.  PYEXEC_TEST_SERVER_LOG (the server's log file) and
 PYEXEC_TEST_SERVER_PID are optional; see pyexec_testlib.ExternalServer.
 """
 
+import ctypes
 import os
 
 import pytest
@@ -151,10 +152,23 @@ def small_server(server_factory):
     return server_factory(**SMALL_ENV)
 
 
+def host_landlock_abi():
+    """This kernel's Landlock ABI version (0: none), as landlock_create_ruleset reports it."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    abi = libc.syscall(444, None, 0, 1)  # SYS_landlock_create_ruleset, VERSION
+    return max(abi, 0)
+
+
 def pytest_configure(config):
     config.addinivalue_line(
         "markers", "full_tier_only(reason): a guarantee the restricted isolation tier does not "
         "give; listed in docs/security.md's tier table, and skipped with that reason there")
+    config.addinivalue_line(
+        "markers", "restricted_needs_landlock(reason): the restricted tier gives this only on a "
+        "kernel with Landlock ABI 6; skipped there otherwise (and in external mode)")
+    config.addinivalue_line(
+        "markers", "restricted_needs_mounts(reason): the restricted tier gives this only where "
+        "the server may mount a tmpfs per run; skipped there in external mode")
     config.addinivalue_line(
         "markers", "real_kernel_only(reason): needs the host's kernel to be the jail's (not "
         "gVisor's); listed in docs/security.md, and skipped with that reason under gVisor")
@@ -195,6 +209,15 @@ def _tier_exceptions(request):
     marker = request.node.get_closest_marker("full_tier_only")
     if marker and suite_tier(request) != "full":
         pytest.skip(f"tier {suite_tier(request)} does not give this (docs/security.md, tier "
+                    f"table): {marker.args[0]}")
+    restricted = suite_tier(request) == "restricted"
+    marker = request.node.get_closest_marker("restricted_needs_landlock")
+    if marker and restricted and (external_url() or host_landlock_abi() < 6):
+        pytest.skip(f"tier restricted without Landlock ABI 6 (docs/security.md, tier table): "
+                    f"{marker.args[0]}")
+    marker = request.node.get_closest_marker("restricted_needs_mounts")
+    if marker and restricted and external_url():
+        pytest.skip(f"tier restricted where the server may not mount (docs/security.md, tier "
                     f"table): {marker.args[0]}")
     marker = request.node.get_closest_marker("real_kernel_only")
     if marker and "gVisor" in suite_kernel(request):

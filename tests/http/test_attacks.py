@@ -290,7 +290,7 @@ def test_cannot_reach_host_listener_on_loopback(server):
     check_healthy(server)
 
 
-@pytest.mark.full_tier_only("the run shares the container's network namespace, so an abstract AF_UNIX socket there is reachable")
+@pytest.mark.restricted_needs_landlock("the run shares the container's network namespace, so an abstract AF_UNIX socket there is reachable unless Landlock scopes it")
 def test_cannot_reach_host_abstract_unix_socket(server):
     name = f"\0pyexec-test-{uuid.uuid4().hex}"
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as lst:
@@ -576,14 +576,15 @@ def main():
 
 # --- filesystem ---------------------------------------------------------------------
 
-@pytest.mark.full_tier_only("the total size of a run's files is not capped, only each file (PYEXEC_TMP_MB)")
+@pytest.mark.restricted_needs_mounts("without a tmpfs of its own the total size of a run's files is not capped, only each file (PYEXEC_TMP_MB)")
 def test_fill_tmp(server):
     script = '''
+import tempfile
 def main():
     chunk = b"x" * (1 << 20)
     i = 0
     while True:
-        with open(f"/tmp/fill{i}", "wb") as f:
+        with open(f"{tempfile.gettempdir()}/fill{i}", "wb") as f:
             for _ in range(8):
                 f.write(chunk)
         i += 1

@@ -276,7 +276,9 @@ def test_a_big_clean_up_does_not_hold_other_answers(server_factory, tmp_path):
     if os.environ.get("PYEXEC_TEST_ISOLATION") != "restricted":
         pytest.skip("runs once per make test, in the restricted tier's pass")
     srv = restricted(server_factory, prefix=outer_jail(tmp_path, DOCKER_LIKE_POLICY, "docker"),
-                     PYEXEC_MAX_TIMEOUT="60", PYEXEC_RUN_UIDS="2", PYEXEC_POOL="0")
+                     PYEXEC_MAX_TIMEOUT="60", PYEXEC_RUN_UIDS="2", PYEXEC_POOL="0",
+                     # A tmpfs: on a disk file system the 100 000 creates alone take a minute.
+                     PYEXEC_WORK_DIR=f"/dev/shm/pyexec-{uuid.uuid4().hex[:8]}")
     script = '''
 import os
 def main():
@@ -359,3 +361,22 @@ def test_concurrent_runs_each_get_a_uid_and_all_are_cleaned(server_factory):
     for uid in set(results):
         assert live_tasks(uid) == []
     assert metrics(srv)["pyexec_run_uids_quarantined"] == 0
+
+
+def test_tier_full_caps_files_too(server_factory):
+    """PYEXEC_TMP_FILES holds in tier full as well: its /tmp is a tmpfs with that many inodes."""
+    local_only()
+    srv = server_factory(PYEXEC_ISOLATION="full", PYEXEC_TMP_FILES="300")
+    script = '''
+import errno
+def main():
+    made = 0
+    try:
+        for i in range(5000):
+            open(f"/tmp/f{i}", "w").close()
+            made += 1
+    except OSError as e:
+        return [made < 300, errno.errorcode[e.errno]]
+    return [made, None]
+'''
+    expect_result(srv.execute(script), [True, "ENOSPC"])

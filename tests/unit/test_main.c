@@ -14,6 +14,7 @@
 #include "frame.h"
 #include "json_check.h"
 #include "text.h"
+#include "unit.h"
 
 static const struct api_limits lim = {
     .timeout = 10, .max_timeout = 60, .result_max = 100, .memory_mb = 512};
@@ -446,5 +447,6 @@ int main(void)
 	    cmocka_unit_test(json_check_grammar),
 	    cmocka_unit_test(frame_then_death_not_trusted),
 	};
-	return cmocka_run_group_tests(tests, NULL, NULL);
+	int failed = cmocka_run_group_tests(tests, NULL, NULL);
+	return failed + unit_rmtree();
 }

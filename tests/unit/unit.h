@@ -1,0 +1,7 @@
+/* The unit test groups that live in files of their own; test_main.c runs them all. */
+#ifndef PYEXEC_UNIT_H
+#define PYEXEC_UNIT_H
+
+int unit_rmtree(void);
+
+#endif
