@@ -104,6 +104,15 @@ soak: build/pyexecd
 
 .PHONY: all asan unit http lint test bench soak fuzz format clean
 
+# The playground in Debian's headless Chromium (scripts/install-deps --browser): types scripts,
+# clicks Run, checks what the page shows, and saves a screenshot to SCREENSHOT
+# (`make browser-test SCREENSHOT=docs/playground.png` renews the README's).
+SCREENSHOT ?= build/playground.png
+browser-test: build/pyexecd
+	PYEXEC_SCREENSHOT=$(SCREENSHOT) $(PYTHON) -m pytest -q -s tests/browser
+
+.PHONY: browser-test
+
 # Builds the Docker image, checks its size, and runs the black-box suite against a container
 # of it (tests/image/run.sh; needs a Docker engine; NSJAIL_BINARY=path passes a local nsjail).
 image-test:

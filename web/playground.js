@@ -63,6 +63,7 @@ async function run(event) {
   } finally {
     $("run").disabled = false;
     $("status").dataset.state = "done";
+    $("status").dataset.runs = String(Number($("status").dataset.runs) + 1);
     $("status").textContent = "";
   }
 }
