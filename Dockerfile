@@ -45,6 +45,10 @@ RUN set -eux; \
 WORKDIR /src
 COPY Makefile ./
 COPY src/ src/
+# Served by pyexecd and compiled into it (scripts/embed).
+COPY scripts/embed scripts/
+COPY docs/openapi.json docs/
+COPY web/ web/
 RUN make && install -m 0755 -s build/pyexecd /usr/local/bin/pyexecd
 
 # --- runtime ---------------------------------------------------------------------------------

@@ -15,20 +15,29 @@ SRCS     := $(wildcard src/*.c)
 LIB_SRCS := $(filter-out src/main.c,$(SRCS))
 UNIT     := $(wildcard tests/unit/*.c)
 HDRS     := $(wildcard src/*.h)
+# Files served as they are, compiled in (scripts/embed): NAME FILE pairs, names as in src/assets.h.
+ASSETS   := asset_openapi_json docs/openapi.json asset_playground_html web/playground.html \
+            asset_playground_js web/playground.js asset_playground_css web/playground.css
+GEN      := build/assets.c
 
 all: build/pyexecd
 
-build/pyexecd: $(SRCS) $(HDRS) | build
-	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -o $@ $(SRCS) $(LIBS)
+build/pyexecd: $(SRCS) $(HDRS) $(GEN) | build
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -iquote src -o $@ $(SRCS) $(GEN) $(LIBS)
 
-build-asan/pyexecd: $(SRCS) $(HDRS) | build-asan
-	$(CC) $(CPPFLAGS) -O1 -g $(SAN) $(WARN) -o $@ $(SRCS) $(LIBS)
+build-asan/pyexecd: $(SRCS) $(HDRS) $(GEN) | build-asan
+	$(CC) $(CPPFLAGS) -O1 -g $(SAN) $(WARN) -iquote src -o $@ $(SRCS) $(GEN) $(LIBS)
 
-build/unit: $(UNIT) $(LIB_SRCS) $(HDRS) tests/unit/unit.h | build
-	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -iquote src -o $@ $(UNIT) $(LIB_SRCS) $(LIBS) -lcmocka
+build/unit: $(UNIT) $(LIB_SRCS) $(HDRS) $(GEN) tests/unit/unit.h | build
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -iquote src -o $@ $(UNIT) $(LIB_SRCS) $(GEN) $(LIBS) \
+		-lcmocka
 
-build-asan/unit: $(UNIT) $(LIB_SRCS) $(HDRS) tests/unit/unit.h | build-asan
-	$(CC) $(CPPFLAGS) -O1 -g $(SAN) $(WARN) -iquote src -o $@ $(UNIT) $(LIB_SRCS) $(LIBS) -lcmocka
+build-asan/unit: $(UNIT) $(LIB_SRCS) $(HDRS) $(GEN) tests/unit/unit.h | build-asan
+	$(CC) $(CPPFLAGS) -O1 -g $(SAN) $(WARN) -iquote src -o $@ $(UNIT) $(LIB_SRCS) $(GEN) \
+		$(LIBS) -lcmocka
+
+build/assets.c: scripts/embed $(filter-out asset_%,$(ASSETS)) | build
+	sh scripts/embed $(ASSETS) > $@.tmp && mv $@.tmp $@
 
 build build-asan:
 	mkdir -p $@
@@ -94,6 +103,15 @@ soak: build/pyexecd
 	$(PYTHON) bench/soak.py --binary build/pyexecd --runs 10000 --clients 4
 
 .PHONY: all asan unit http lint test bench soak fuzz format clean
+
+# The playground in Debian's headless Chromium (scripts/install-deps --browser): types scripts,
+# clicks Run, checks what the page shows, and saves a screenshot to SCREENSHOT
+# (`make browser-test SCREENSHOT=docs/playground.png` renews the README's).
+SCREENSHOT ?= build/playground.png
+browser-test: build/pyexecd
+	PYEXEC_SCREENSHOT=$(SCREENSHOT) $(PYTHON) -m pytest -q -s tests/browser
+
+.PHONY: browser-test
 
 # Builds the Docker image, checks its size, and runs the black-box suite against a container
 # of it (tests/image/run.sh; needs a Docker engine; NSJAIL_BINARY=path passes a local nsjail).

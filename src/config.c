@@ -5,9 +5,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
-enum kind { K_STR, K_ULONG, K_SECONDS };
+enum kind { K_STR, K_ULONG, K_SECONDS, K_BOOL };
 
 struct setting {
 	const char *flag; /* without the leading "--" */
@@ -81,9 +82,25 @@ static const struct setting settings[] = {
      "seconds a connection may stay idle or stalled mid-request"},
     {"grace", "PYEXEC_GRACE", NUM(K_SECONDS, grace), "8",
      "seconds in-flight runs get to finish after SIGTERM"},
+    {"playground", "PYEXEC_PLAYGROUND", NUM(K_BOOL, playground), "on",
+     "serve the playground page at / (on or off)"},
 };
 
 #define NSETTINGS (sizeof(settings) / sizeof(settings[0]))
+
+static int bool_apply(bool *p, const struct setting *s, const char *v, struct err *e)
+{
+	static const char *const on[] = {"on", "true", "yes", "1"};
+	static const char *const off[] = {"off", "false", "no", "0"};
+
+	for (size_t i = 0; i < sizeof(on) / sizeof(on[0]); i++) {
+		if (strcasecmp(v, on[i]) == 0 || strcasecmp(v, off[i]) == 0) {
+			*p = strcasecmp(v, on[i]) == 0;
+			return 0;
+		}
+	}
+	return err_set(e, 0, "config", "--%s (%s) must be on or off, not '%s'", s->flag, s->env, v);
+}
 
 static int setting_apply(struct config *c, const struct setting *s, const char *v, struct err *e)
 {
@@ -96,6 +113,8 @@ static int setting_apply(struct config *c, const struct setting *s, const char *
 		memcpy(p, v, strlen(v) + 1);
 		return 0;
 	}
+	if (s->kind == K_BOOL)
+		return bool_apply((bool *)p, s, v, e);
 	errno = 0;
 	if (s->kind == K_ULONG) {
 		unsigned long n = strtoul(v, &end, 10);

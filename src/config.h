@@ -4,6 +4,7 @@
 #define PYEXEC_CONFIG_H
 
 #include <limits.h>
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "err.h"
@@ -40,6 +41,7 @@ struct config {
 	double pool_max_age;              /* seconds a ready jail may wait before it is replaced */
 	double grace;                     /* seconds in-flight runs get after SIGTERM */
 	unsigned long connection_timeout; /* seconds an idle or stalled connection is kept */
+	bool playground;                  /* serve the playground page at / */
 };
 
 /* Returns 0 when the service should run, 1 when --help was printed, -1 on a bad setting. */

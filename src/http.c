@@ -23,6 +23,7 @@
 #include "pool.h"
 #include "run.h"
 #include "runuser.h"
+#include "static.h"
 
 /* Checks, from inside, what each tier promises: a uid that is not the server's, seccomp on the
  * script, and in the restricted tier no AF_INET socket and seccomp on nsjail itself (the
@@ -406,6 +407,22 @@ static enum MHD_Result too_large(struct http *h, struct MHD_Connection *conn, co
 	return respond_error(conn, "POST", url, rq, 413, "payload_too_large", msg, no_header);
 }
 
+static enum MHD_Result serve_static(struct MHD_Connection *conn, const char *method,
+                                    const char *url, struct request *rq,
+                                    const struct static_file *f)
+{
+	struct MHD_Response *mr = static_response(f);
+	enum MHD_Result ret;
+
+	if (!mr)
+		return MHD_NO;
+	log_request(conn, method, url, rq, 200, "ok");
+	MHD_add_response_header(mr, "X-Request-Id", rq->id);
+	ret = MHD_queue_response(conn, MHD_HTTP_OK, mr);
+	MHD_destroy_response(mr);
+	return ret;
+}
+
 static bool is_get(const char *method)
 {
 	return strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0;
@@ -415,13 +432,16 @@ static bool is_get(const char *method)
 static enum MHD_Result route(struct http *h, struct MHD_Connection *conn, const char *url,
                              const char *method, struct request *rq)
 {
+	const struct static_file *f = static_find(url, h->cfg->playground);
 	const char *ct, *cl;
 
-	if (strcmp(url, "/healthz") == 0 || strcmp(url, "/metrics") == 0) {
+	if (f || strcmp(url, "/healthz") == 0 || strcmp(url, "/metrics") == 0) {
 		if (!is_get(method))
 			return respond_error(conn, method, url, rq, 405, "method_not_allowed",
 			                     "Use GET for this path.",
 			                     (struct header){"Allow", "GET, HEAD"});
+		if (f)
+			return serve_static(conn, method, url, rq, f);
 		return url[1] == 'h' ? healthz(h, conn, method, url, rq)
 		                     : metrics(h, conn, method, url, rq);
 	}

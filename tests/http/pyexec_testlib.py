@@ -161,8 +161,11 @@ _run_uid_blocks = itertools.count()
 
 def next_run_uid():
     """A block of 1024 run uids no other server of this session uses (two servers sharing a
-    block would kill each other's restricted runs; pyexecd refuses to start then)."""
-    return 300000 + 1024 * (next(_run_uid_blocks) % 2000)
+    block would kill each other's restricted runs; pyexecd refuses to start then). The blocks
+    start at $PYEXEC_TEST_RUN_UID_BASE (default 300000): two suites run at once on one machine
+    need bases at least 2048000 apart."""
+    base = int(os.environ.get("PYEXEC_TEST_RUN_UID_BASE") or 300000)
+    return base + 1024 * (next(_run_uid_blocks) % 2000)
 
 
 class Server:

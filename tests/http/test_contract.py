@@ -261,7 +261,7 @@ def test_timeout_over_configured_max(small_server):
 
 
 @pytest.mark.parametrize("method, path", [
-    ("GET", "/"),
+    ("GET", "/index.html"),  # "/" is the playground (test_playground.py)
     ("GET", "/nope"),
     ("POST", "/nope"),
     ("GET", "/execute/extra"),
@@ -280,6 +280,8 @@ def test_not_found(server, method, path):
     ("PATCH", "/execute", "POST"),
     ("POST", "/healthz", "GET"),
     ("DELETE", "/healthz", "GET"),
+    ("POST", "/", "GET"),
+    ("PUT", "/openapi.json", "GET"),
 ])
 def test_method_not_allowed(server, method, path, allowed):
     headers = {"Content-Type": "application/json"}

@@ -13,6 +13,7 @@
 #include "config.h"
 #include "frame.h"
 #include "json_check.h"
+#include "static.h"
 #include "text.h"
 #include "unit.h"
 
@@ -427,9 +428,47 @@ static void config_isolation(void **state)
 	unsetenv("PYEXEC_ISOLATION");
 }
 
+static void config_playground(void **state)
+{
+	struct config c;
+	struct err e;
+	char *off[] = {"pyexecd", "--playground", "off", NULL};
+	char *bad[] = {"pyexecd", "--playground", "maybe", NULL};
+
+	(void)state;
+	assert_int_equal(config_load(&c, 1, off, &e), 0);
+	assert_true(c.playground); /* on unless turned off */
+	assert_int_equal(config_load(&c, 3, off, &e), 0);
+	assert_false(c.playground);
+	setenv("PYEXEC_PLAYGROUND", "FALSE", 1);
+	assert_int_equal(config_load(&c, 1, off, &e), 0);
+	assert_false(c.playground);
+	setenv("PYEXEC_PLAYGROUND", "1", 1);
+	assert_int_equal(config_load(&c, 1, off, &e), 0);
+	assert_true(c.playground);
+	unsetenv("PYEXEC_PLAYGROUND");
+	assert_int_equal(config_load(&c, 3, bad, &e), -1);
+	assert_non_null(strstr(e.message, "on or off"));
+}
+
+static void static_files(void **state)
+{
+	(void)state;
+	assert_non_null(static_find("/", true));
+	assert_non_null(static_find("/playground.js", true));
+	assert_null(static_find("/", false));
+	assert_null(static_find("/playground.css", false));
+	/* the API's description stays when the playground is off */
+	assert_non_null(static_find("/openapi.json", false));
+	assert_null(static_find("/playground", true));
+	assert_null(static_find("", true));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(config_playground),
+	    cmocka_unit_test(static_files),
 	    cmocka_unit_test(request_valid),
 	    cmocka_unit_test(request_invalid_json),
 	    cmocka_unit_test(request_invalid_fields),
