@@ -59,6 +59,7 @@ static const char *const denied[] = {
     "move_mount",
     "open_tree",
     "mount_setattr",
+    "memfd_create",
 };
 
 static const unsigned long clone_namespaces[] = {

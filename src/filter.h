@@ -1,11 +1,11 @@
 /* filter: the seccomp filter pyexecd itself puts on nsjail in the restricted tier.
  *
  * nsjail applies its policy only to the jailed process. Without namespaces nsjail runs as the
- * run's uid, so a script can write to nsjail's memory through /proc/<pid>/mem (same uid,
- * dumpable) and run code there, outside nsjail's policy. This filter is installed before
- * nsjail is exec'd, so nsjail and everything it starts carry it: what it denies (sockets but
- * AF_UNIX, io_uring, System V and message-queue IPC, tracing, namespaces, mounts, bpf, keys)
- * stays denied even to code that took nsjail over. */
+ * run's uid; it is not dumpable (installed unreadable), but were a script to take it over, it
+ * would run outside nsjail's policy. This filter is installed before nsjail is exec'd, so
+ * nsjail and everything it starts carry it: what it denies (sockets but AF_UNIX, io_uring,
+ * System V and message-queue IPC, memfd, tracing, namespaces, mounts, bpf, keys) stays denied
+ * even to code that took nsjail over. */
 #ifndef PYEXEC_FILTER_H
 #define PYEXEC_FILTER_H
 

@@ -1,9 +1,11 @@
 #include "init.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -49,6 +51,24 @@ static _Noreturn void init_loop(pid_t server, const sigset_t *handled)
 	exit(128 + WTERMSIG(status));
 }
 
+/* The container is ours: no run uid may write its world-writable directories (where one run
+ * could fill memory or leave files for another), Landlock or not. The sticky bit stays. */
+static void close_shared_dirs(void)
+{
+	static const char *const dirs[] = {"/tmp",        "/var/tmp",  "/dev/shm",
+	                                   "/dev/mqueue", "/run/lock", "/var/lock"};
+	struct stat st;
+
+	for (size_t i = 0; i < sizeof(dirs) / sizeof(*dirs); i++) {
+		int fd = open(dirs[i], O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+		if (fd < 0)
+			continue;
+		if (fstat(fd, &st) == 0 && (st.st_mode & S_IWOTH))
+			fchmod(fd, st.st_mode & 07775);
+		close(fd);
+	}
+}
+
 void init_split_if_pid1(void)
 {
 	sigset_t handled, old;
@@ -56,6 +76,7 @@ void init_split_if_pid1(void)
 
 	if (getpid() != 1)
 		return;
+	close_shared_dirs();
 	sigemptyset(&handled);
 	sigaddset(&handled, SIGCHLD);
 	sigaddset(&handled, SIGTERM);

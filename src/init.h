@@ -7,7 +7,9 @@
 #ifndef PYEXEC_INIT_H
 #define PYEXEC_INIT_H
 
-/* As PID 1 (a container's entrypoint), splits in two: the parent stays PID 1, forgets the
+/* As PID 1 (a container's entrypoint), first takes the write bit for others off the
+ * container's world-writable directories (/tmp, /var/tmp, /dev/shm, ...: the restricted tier's
+ * runs write only their own directories), then splits in two: the parent stays PID 1, forgets the
  * environment, reaps every orphan, passes SIGTERM, SIGINT and SIGHUP on, and exits with the
  * server's status; it never returns. The child, and a server that is not PID 1, returns at
  * once. Call before any thread exists. */

@@ -4,50 +4,36 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
-/* Below this depth a tree is moved up to top before it is walked: removal never holds more
- * than this many open directories however deep the tree. */
+/* Below this depth a subtree is moved up into the tree's own top directory before it is
+ * walked: removal never holds more than this many open directories however deep the tree, and
+ * needs no memory that grows with it. */
 #define RM_DEPTH 16
 
-typedef char moved_name[32];
-
 struct removal {
-	int top;
+	int top; /* the directory being emptied: deep subtrees are moved up into it */
 	dev_t dev;
-	moved_name *moved; /* trees renamed into top, still to remove; grows on the heap */
-	size_t nmoved, cap;
 	size_t entries, max_entries;
 	bool failed;
 };
 
-/* Renames a tree too deep to walk from here into top, under a name no run can guess. */
+/* Renames a subtree too deep to walk from here into top, under a name no run can guess; the
+ * next pass over top finds it there. */
 static void move_up(struct removal *rm, int parent, const char *name)
 {
 	unsigned long long r;
+	char moved[32];
 
-	if (rm->nmoved == rm->cap) {
-		size_t cap = rm->cap ? rm->cap * 2 : 64;
-		moved_name *grown = realloc(rm->moved, cap * sizeof(*grown));
-		if (!grown) {
-			rm->failed = true;
-			return;
-		}
-		rm->moved = grown;
-		rm->cap = cap;
-	}
 	if (getrandom(&r, sizeof(r), 0) != sizeof(r)) {
 		rm->failed = true;
 		return;
 	}
-	snprintf(rm->moved[rm->nmoved], sizeof(moved_name), ".pyexec-gone-%016llx", r);
-	if (renameat2(parent, name, rm->top, rm->moved[rm->nmoved], RENAME_NOREPLACE) == 0)
-		rm->nmoved++;
-	else if (errno != ENOENT)
+	snprintf(moved, sizeof(moved), ".pyexec-gone-%016llx", r);
+	if (renameat2(parent, name, rm->top, moved, RENAME_NOREPLACE) < 0 && errno != ENOENT)
 		rm->failed = true;
 }
 
@@ -94,20 +80,49 @@ static void rm_at(struct removal *rm, int parent, const char *name, int depth)
 		rm->failed = true;
 }
 
-bool rmtree_at(int top, const char *name, size_t max_entries)
+/* Removes every entry of top, pass after pass, until a pass finds it empty: subtrees moved up
+ * by one pass are removed by the next. */
+static void empty_dir(struct removal *rm)
 {
-	struct removal rm = {.top = top, .max_entries = max_entries};
+	bool found = true;
+
+	while (!rm->failed && found) {
+		int fd = openat(rm->top, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+		struct dirent *de;
+
+		if (!d) {
+			if (fd >= 0)
+				close(fd);
+			rm->failed = true;
+			return;
+		}
+		found = false;
+		while (!rm->failed && (de = readdir(d)))
+			if (strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0) {
+				found = true;
+				rm_at(rm, rm->top, de->d_name, 1);
+			}
+		closedir(d);
+	}
+}
+
+bool rmtree_at(int parent, const char *name, size_t max_entries)
+{
+	struct removal rm = {.max_entries = max_entries};
 	struct stat st;
 
-	if (fstat(top, &st) < 0)
-		return false;
+	if (fstatat(parent, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+		return errno == ENOENT;
+	if (!S_ISDIR(st.st_mode))
+		return unlinkat(parent, name, 0) == 0 || errno == ENOENT;
 	rm.dev = st.st_dev;
-	rm_at(&rm, top, name, 0);
-	while (!rm.failed && rm.nmoved) {
-		moved_name next;
-		memcpy(next, rm.moved[--rm.nmoved], sizeof(next));
-		rm_at(&rm, top, next, 0);
-	}
-	free(rm.moved);
-	return !rm.failed;
+	rm.top = openat(parent, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (rm.top < 0)
+		return false;
+	empty_dir(&rm);
+	close(rm.top);
+	if (rm.failed)
+		return false;
+	return unlinkat(parent, name, AT_REMOVEDIR) == 0 || errno == ENOENT;
 }

@@ -6,10 +6,11 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-/* Removes name under the directory top (a file, a link or a tree). Subtrees deeper than a
- * few levels are first renamed into top under random names and removed from there, so top must
- * be a directory no one else can write to, or one whose other entries nothing depends on.
- * Gives up after max_entries entries (a tree something keeps growing). True when all is gone. */
+/* Removes name under the directory parent (a file, a link or a tree). Subtrees deeper than a
+ * few levels are first renamed, under random names, into the tree's own top directory and
+ * removed from there. Gives up after max_entries entries (a tree something keeps growing);
+ * what is left is all under name, and a later call goes on where this one stopped. True when
+ * all is gone. */
 bool rmtree_at(int top, const char *name, size_t max_entries);
 
 #endif

@@ -21,12 +21,26 @@
 /* A removal that meets more entries than this is something still growing: it fails. A
  * run's tmpfs holds PYEXEC_TMP_FILES at most; a plain directory is bounded only by the disk. */
 #define ENTRIES_MAX (64UL * 1000 * 1000)
+/* What the fast lane removes of one run before it hands the rest to the slow lane: a run
+ * that left millions of files must not hold back the uids of every run behind it. */
+#define FAST_ENTRIES 2000
 
 enum slot_state {
 	SLOT_FREE,
 	SLOT_USED,
 	SLOT_CLEANING,
 	SLOT_QUARANTINED, /* its clean-up failed: never handed out again */
+};
+
+/* A cleaner thread and its queue of uids (a ring: a uid is in one queue at most). */
+struct lane {
+	struct runusers *ru;
+	uid_t *queue;
+	unsigned head, len;
+	size_t budget;     /* entries it removes per uid before giving up on it */
+	struct lane *next; /* where a uid it gives up on goes, or NULL: quarantine */
+	pthread_t thread;
+	bool started;
 };
 
 struct runusers {
@@ -41,13 +55,10 @@ struct runusers {
 	int nshared;
 	bool tmpfs;
 	unsigned char *state; /* enum slot_state, per uid */
-	uid_t *queue;         /* uids to clean, a ring of o.count */
-	unsigned qhead, qlen;
+	struct lane fast, slow;
 	unsigned next; /* where the search for a free uid starts */
 	unsigned used, cleaning, quarantined;
 	bool stop;
-	bool started;
-	pthread_t cleaner;
 };
 
 /* Directories any uid may write to, where a host without Landlock lets a run leave files. */
@@ -135,7 +146,7 @@ bool runusers_owns(const struct runusers *ru, uid_t uid)
 
 /* Removes root/<name>: unmounts it first when it is a run's tmpfs, which frees its files at
  * once however many there are. */
-static bool remove_dir(struct runusers *ru, const char *name)
+static bool remove_dir(struct runusers *ru, const char *name, size_t budget)
 {
 	struct stat st;
 
@@ -147,13 +158,13 @@ static bool remove_dir(struct runusers *ru, const char *name)
 		if (umount2(path, MNT_DETACH | UMOUNT_NOFOLLOW) < 0)
 			return false;
 	}
-	return rmtree_at(ru->root_fd, name, ENTRIES_MAX);
+	return rmtree_at(ru->root_fd, name, budget);
 }
 
 /* Removes every entry of a shared directory owned by a uid in [lo, hi]. An entry such a uid
- * owns can hold only what it or others let in; a world-writable directory of someone else's
- * is searched too, but not another run's (that run's own clean-up removes it). */
-static bool sweep(struct runusers *ru, int dir, uid_t lo, uid_t hi, int depth)
+ * owns can hold only what it or others let in; a world-writable directory of someone else's,
+ * another run's too, is searched as well. */
+static bool sweep(int dir, uid_t lo, uid_t hi, int depth, size_t budget)
 {
 	struct stat st, top;
 	struct dirent *de;
@@ -172,13 +183,12 @@ static bool sweep(struct runusers *ru, int dir, uid_t lo, uid_t hi, int depth)
 		    st.st_dev != top.st_dev)
 			continue;
 		if (st.st_uid >= lo && st.st_uid <= hi) {
-			ok &= rmtree_at(dirfd(d), de->d_name, ENTRIES_MAX);
-		} else if (S_ISDIR(st.st_mode) && (st.st_mode & S_IWOTH) && depth < SWEEP_DEPTH &&
-		           !runusers_owns(ru, st.st_uid)) {
+			ok &= rmtree_at(dirfd(d), de->d_name, budget);
+		} else if (S_ISDIR(st.st_mode) && (st.st_mode & S_IWOTH) && depth < SWEEP_DEPTH) {
 			int sub = openat(dirfd(d), de->d_name,
 			                 O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 			if (sub >= 0) {
-				ok &= sweep(ru, sub, lo, hi, depth + 1);
+				ok &= sweep(sub, lo, hi, depth + 1, budget);
 				close(sub);
 			}
 		}
@@ -187,57 +197,85 @@ static bool sweep(struct runusers *ru, int dir, uid_t lo, uid_t hi, int depth)
 	return ok;
 }
 
-static bool sweep_shared(struct runusers *ru, uid_t lo, uid_t hi)
+static bool sweep_shared(struct runusers *ru, uid_t lo, uid_t hi, size_t budget)
 {
 	bool ok = true;
 
 	for (int i = 0; ru->o.sweep_shared && i < ru->nshared; i++)
-		ok &= sweep(ru, ru->shared_fd[i], lo, hi, 0);
+		ok &= sweep(ru->shared_fd[i], lo, hi, 0, budget);
 	return ok;
 }
 
-/* The cleaner's work for one uid: no task left, no file left. */
-static bool clean(struct runusers *ru, uid_t uid)
+/* A lane's work for one uid: no task left, no file left. -1: a process survived its kill. */
+static int clean(struct runusers *ru, uid_t uid, size_t budget)
 {
 	char name[32];
 
 	snprintf(name, sizeof(name), "%u", (unsigned)uid);
-	if (spawn_kill_user(uid) < 0) {
-		log_error("uid %u: a process of the run survived its kill; the uid is quarantined",
-		          (unsigned)uid);
-		return false;
-	}
-	if (!remove_dir(ru, name) || !sweep_shared(ru, uid, uid)) {
-		log_error("uid %u: a file of the run could not be removed; the uid is quarantined",
-		          (unsigned)uid);
-		return false;
-	}
-	return true;
+	if (spawn_kill_user(uid) < 0)
+		return -1;
+	return remove_dir(ru, name, budget) && sweep_shared(ru, uid, uid, budget) ? 0 : 1;
 }
 
-static void *cleaner_main(void *arg)
+static void lane_push(struct lane *l, uid_t uid)
 {
-	struct runusers *ru = arg;
+	l->queue[(l->head + l->len) % l->ru->o.count] = uid;
+	l->len++;
+	pthread_cond_broadcast(&l->ru->cv);
+}
+
+/* Called with ru->mu held: where uid goes after a clean-up that gave rc. */
+static void lane_done(struct lane *l, uid_t uid, int rc)
+{
+	struct runusers *ru = l->ru;
+
+	if (rc > 0 && l->next) {
+		lane_push(l->next, uid);
+		return;
+	}
+	if (rc != 0)
+		log_error("uid %u: %s; the uid is quarantined", (unsigned)uid,
+		          rc < 0 ? "a process of the run survived its kill"
+		                 : "a file of the run could not be removed");
+	ru->state[uid - ru->o.base] = rc == 0 ? SLOT_FREE : SLOT_QUARANTINED;
+	ru->cleaning--;
+	ru->quarantined += rc != 0;
+	pthread_cond_broadcast(&ru->cv);
+}
+
+static void *lane_main(void *arg)
+{
+	struct lane *l = arg;
+	struct runusers *ru = l->ru;
 
 	pthread_mutex_lock(&ru->mu);
 	for (;;) {
-		while (!ru->qlen && !ru->stop)
+		while (!l->len && !ru->stop)
 			pthread_cond_wait(&ru->cv, &ru->mu);
 		if (ru->stop)
 			break;
-		uid_t uid = ru->queue[ru->qhead];
-		ru->qhead = (ru->qhead + 1) % ru->o.count;
-		ru->qlen--;
+		uid_t uid = l->queue[l->head];
+		l->head = (l->head + 1) % ru->o.count;
+		l->len--;
 		pthread_mutex_unlock(&ru->mu);
-		bool ok = clean(ru, uid);
+		int rc = clean(ru, uid, l->budget);
 		pthread_mutex_lock(&ru->mu);
-		ru->state[uid - ru->o.base] = ok ? SLOT_FREE : SLOT_QUARANTINED;
-		ru->cleaning--;
-		ru->quarantined += !ok;
-		pthread_cond_broadcast(&ru->cv);
+		lane_done(l, uid, rc);
 	}
 	pthread_mutex_unlock(&ru->mu);
 	return NULL;
+}
+
+static int lane_start(struct runusers *ru, struct lane *l, size_t budget, struct lane *next)
+{
+	l->ru = ru;
+	l->budget = budget;
+	l->next = next;
+	l->queue = calloc(ru->o.count, sizeof(*l->queue));
+	if (!l->queue || pthread_create(&l->thread, NULL, lane_main, l) != 0)
+		return -1;
+	l->started = true;
+	return 0;
 }
 
 /* Whether the server may mount a tmpfs for each run (root with CAP_SYS_ADMIN, a seccomp
@@ -273,9 +311,9 @@ static int clean_all(struct runusers *ru, struct err *e)
 	}
 	while (ok && (de = readdir(d)))
 		if (strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0)
-			ok = remove_dir(ru, de->d_name);
+			ok = remove_dir(ru, de->d_name, ENTRIES_MAX);
 	closedir(d);
-	if (!ok || !sweep_shared(ru, ru->o.base, hi))
+	if (!ok || !sweep_shared(ru, ru->o.base, hi, ENTRIES_MAX))
 		return err_set(e, 500, "internal",
 		               "cannot remove what an earlier server left for the run uids %u-%u "
 		               "(processes, or files in %s)",
@@ -302,8 +340,7 @@ struct runusers *runusers_new(const struct runusers_opts *o, struct err *e)
 		goto fail;
 	}
 	ru->state = calloc(o->count, sizeof(*ru->state));
-	ru->queue = calloc(o->count, sizeof(*ru->queue));
-	if (!ru->state || !ru->queue) {
+	if (!ru->state) {
 		err_set(e, 500, "internal", "out of memory");
 		goto fail;
 	}
@@ -313,11 +350,13 @@ struct runusers *runusers_new(const struct runusers_opts *o, struct err *e)
 	if (clean_all(ru, e) < 0)
 		goto fail;
 	ru->tmpfs = tmpfs_allowed(ru);
-	if (pthread_create(&ru->cleaner, NULL, cleaner_main, ru) != 0) {
-		err_set(e, 500, "internal", "cannot start the run uids' cleaner thread");
+	/* Two lanes: every run's clean-up starts in the fast one; what is too big to finish
+	 * there goes on in the slow one, so it holds back no other uid. */
+	if (lane_start(ru, &ru->slow, ENTRIES_MAX, NULL) < 0 ||
+	    lane_start(ru, &ru->fast, FAST_ENTRIES, &ru->slow) < 0) {
+		err_set(e, 500, "internal", "cannot start the run uids' cleaner threads");
 		goto fail;
 	}
-	ru->started = true;
 	return ru;
 fail:
 	runusers_free(ru);
@@ -389,9 +428,7 @@ void runusers_give_back(struct runusers *ru, uid_t uid)
 		ru->state[uid - ru->o.base] = SLOT_CLEANING;
 		ru->used--;
 		ru->cleaning++;
-		ru->queue[(ru->qhead + ru->qlen) % ru->o.count] = uid;
-		ru->qlen++;
-		pthread_cond_broadcast(&ru->cv);
+		lane_push(&ru->fast, uid);
 	}
 	pthread_mutex_unlock(&ru->mu);
 }
@@ -411,12 +448,15 @@ void runusers_free(struct runusers *ru)
 {
 	if (!ru)
 		return;
-	if (ru->started) {
-		pthread_mutex_lock(&ru->mu);
-		ru->stop = true;
-		pthread_cond_broadcast(&ru->cv);
-		pthread_mutex_unlock(&ru->mu);
-		pthread_join(ru->cleaner, NULL);
+	pthread_mutex_lock(&ru->mu);
+	ru->stop = true;
+	pthread_cond_broadcast(&ru->cv);
+	pthread_mutex_unlock(&ru->mu);
+	struct lane *lanes[] = {&ru->fast, &ru->slow};
+	for (int i = 0; i < 2; i++)
+		if (lanes[i]->started)
+			pthread_join(lanes[i]->thread, NULL);
+	if (ru->fast.started || ru->slow.started) {
 		/* What is still queued or in use: its tmpfs mounts must not outlive the server. */
 		struct err ignored;
 		clean_all(ru, &ignored);
@@ -428,7 +468,8 @@ void runusers_free(struct runusers *ru)
 	for (int i = 0; i < ru->nshared; i++)
 		close(ru->shared_fd[i]);
 	free(ru->state);
-	free(ru->queue);
+	free(ru->fast.queue);
+	free(ru->slow.queue);
 	pthread_cond_destroy(&ru->cv);
 	pthread_mutex_destroy(&ru->mu);
 	free(ru);

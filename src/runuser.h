@@ -1,10 +1,11 @@
 /* runuser: the restricted tier's per-run identities. Each jail gets a uid and gid no other live
  * jail has, and a private 0700 working directory: a size- and file-capped tmpfs of its own where
- * the host lets the server mount one, else a plain directory. Giving a uid back hands it to a
- * cleaner thread, off every answer's path: it makes sure the kernel shows no task of the uid,
- * removes its directory (and, on hosts without Landlock, what it left in the shared writable
- * directories), and only then frees the uid; a uid whose clean-up fails is quarantined, never
- * reused. */
+ * the host lets the server mount one, else a plain directory. Giving a uid back hands it to the
+ * cleaner threads, off every answer's path: they make sure the kernel shows no task of the uid,
+ * remove its directory (and, on hosts without Landlock, what it left in the shared writable
+ * directories), and only then free the uid. A fast lane takes every run first; what is too big
+ * to remove there goes on in a slow lane, so that one huge clean-up holds back no other uid. A
+ * uid whose clean-up fails is quarantined, never reused. */
 #ifndef PYEXEC_RUNUSER_H
 #define PYEXEC_RUNUSER_H
 

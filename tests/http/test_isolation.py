@@ -15,6 +15,7 @@ import pytest
 
 from pyexec_testlib import (CANARY_VALUE, expect_error, expect_ok, expect_result, external_url,
                             next_run_uid, nsjail_path)
+from conftest import host_landlock_abi
 from test_attacks import _host_pids_with
 from test_faults import OK, UnhealthyServer
 
@@ -282,6 +283,43 @@ def main():
     expect_result(restricted_server.execute(script),
                   {"AF_INET": 97, "AF_INET6": 97, "AF_NETLINK": 97, "AF_PACKET": 97,
                    "unix": "ok"})
+
+
+def test_restricted_memfd_refused(restricted_server):
+    """Without a cgroup a memfd's memory would count against no limit of the run's: RLIMIT_AS
+    counts only what is mapped. So memfd_create is refused there."""
+    script = '''
+import errno, os
+def main():
+    try:
+        os.memfd_create("x")
+        return "created"
+    except OSError as e:
+        return errno.errorcode[e.errno]
+'''
+    expect_result(restricted_server.execute(script), "EPERM")
+
+
+def test_restricted_shared_directories_refused(restricted_server):
+    """A run writes only its own directory: Landlock where the kernel has it, and in the image
+    (pyexecd as PID 1) the shared directories lose their write bit for others."""
+    if not external_url() and host_landlock_abi() == 0:
+        pytest.skip("this host has no Landlock and the server is not a container's PID 1")
+    script = '''
+import os
+def main():
+    refused = []
+    for d in ("/tmp", "/var/tmp", "/dev/shm"):
+        try:
+            with open(os.path.join(d, f"x{os.getpid()}"), "w") as f:
+                f.write("x")
+        except PermissionError:
+            refused.append(d)
+    with open("mine.txt", "w") as f:
+        f.write("ok")
+    return [refused, open("mine.txt").read()]
+'''
+    expect_result(restricted_server.execute(script), [["/tmp", "/var/tmp", "/dev/shm"], "ok"])
 
 
 def test_restricted_no_ipc_objects_that_outlive_the_run(restricted_server):

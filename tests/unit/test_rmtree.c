@@ -1,4 +1,5 @@
 /* Unit tests for rmtree on real files: depth and width without limit, links never followed. */
+#include <dirent.h>
 #include <fcntl.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -119,20 +120,41 @@ static void rmtree_links_not_followed(void **state)
 	scratch_check(&s);
 }
 
-/* A tree bigger than the entry budget is reported as a failure, not removed forever. */
+/* Entries of the scratch directory itself. */
+static int scratch_entries(struct scratch *s)
+{
+	int n = 0, fd = openat(s->fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	DIR *d = fdopendir(fd);
+	struct dirent *de;
+
+	assert_non_null(d);
+	while ((de = readdir(d)))
+		n += strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0;
+	closedir(d);
+	return n;
+}
+
+/* A tree bigger than the entry budget is reported as a failure, not removed forever; what is
+ * left stays under its name (nothing moved up beside it), and a second call finishes it. */
 static void rmtree_budget(void **state)
 {
 	struct scratch s;
+	char path[512] = "victim";
 
 	(void)state;
 	scratch_make(&s);
+	for (int level = 0; level < 40; level++) {
+		strcat(path, "/d");
+		assert_int_equal(mkdirat(s.fd, path, 0700), 0);
+	}
 	for (int i = 0; i < 50; i++) {
 		char name[32];
 		snprintf(name, sizeof(name), "victim/f%d", i);
 		close(openat(s.fd, name, O_CREAT | O_WRONLY | O_CLOEXEC, 0600));
 	}
-	assert_false(rmtree_at(s.fd, "victim", 10));
-	assert_true(rmtree_at(s.fd, "victim", 100));
+	assert_false(rmtree_at(s.fd, "victim", 30));
+	assert_int_equal(scratch_entries(&s), 2);
+	assert_true(rmtree_at(s.fd, "victim", 1000));
 	scratch_check(&s);
 }
 
