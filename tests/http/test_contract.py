@@ -404,20 +404,76 @@ def test_exception_in_async_main(server):
     ("float('inf')", None),
     ("[1, float('-inf')]", None),
     ("{1, 2}", "set"),
-    ("numpy.zeros(3)", "numpy.ndarray"),
-    ("numpy.int64(1)", "int64"),
     ("{(1, 2): 3}", "tuple"),
     ("object()", "object"),
     ("b'bytes'", "bytes"),
     ("{'k': {1, 2}}", "set"),
-], ids=["none", "nan", "inf", "nested-inf", "set", "ndarray", "int64", "tuple-key",
-        "object", "bytes", "nested-set"])
+], ids=["none", "nan", "inf", "nested-inf", "set", "tuple-key", "object", "bytes",
+        "nested-set"])
 def test_result_not_json(server, expr, needle):
     imp = "import numpy\n" if "numpy" in expr else ""
     body = expect_script_error(server.execute(f"{imp}def main():\n    return {expr}\n"),
                                "result_not_json")
     if needle is not None:
         assert needle in body["message"], body
+
+
+@pytest.mark.parametrize("expr, expected", [
+    ("np.int64(7)", 7),
+    ("np.uint8(255)", 255),
+    ("np.int64(2) ** 62", 2 ** 62),
+    ("np.float32(0.5)", 0.5),
+    ("np.float64(1.25)", 1.25),
+    ("np.bool_(True)", True),
+    ("np.arange(3)", [0, 1, 2]),
+    ("np.array([[1.5, 2], [3, 4]])", [[1.5, 2.0], [3.0, 4.0]]),
+    ("np.array([True, False])", [True, False]),
+    ("np.array(5)", 5),
+    ("np.zeros((0, 3))", []),
+    ("{'total': pd.DataFrame({'v': [1, 2, 3]})['v'].sum()}", {"total": 6}),
+    ("{'mean': pd.Series([1, 2]).mean(), 'n': [np.int32(1), np.float16(2)]}",
+     {"mean": 1.5, "n": [1, 2.0]}),
+], ids=["int64", "uint8", "int64-big", "float32", "float64", "bool", "arange", "2d-float",
+        "bool-array", "0d-array", "empty-2d", "pandas-sum", "nested-mixed"])
+def test_numpy_values_are_their_json(server, expr, expected):
+    script = f"import numpy as np\nimport pandas as pd\ndef main():\n    return {expr}\n"
+    resp = server.execute(script)
+    expect_result(resp, expected)
+    # the exact JSON type, not merely an equal value (True == 1 in Python)
+    assert json.dumps(resp.json()["result"]) == json.dumps(expected), resp
+
+
+@pytest.mark.parametrize("expr, needles", [
+    ("np.float64('nan')", ["NaN"]),
+    ("np.array([1.0, np.inf])", ["NaN or Infinity"]),
+    ("np.float32('-inf')", ["NaN or Infinity"]),
+    ("np.array([1 + 2j])", ["numpy.ndarray", "complex128"]),
+    ("np.complex64(1)", ["numpy.complex64"]),
+    ("np.array(['a', None], dtype=object)", ["numpy.ndarray", "object"]),
+    ("np.datetime64('2024-01-01')", ["numpy.datetime64", "str("]),
+    ("np.timedelta64(5, 'ns')", ["numpy.timedelta64", "str("]),
+    ("pd.DataFrame({'v': [1, 2]})", ["pandas.core.frame.DataFrame",
+                                     'to_dict(orient="records")']),
+    ("pd.Series([1, 2])", ["pandas.core.series.Series", ".tolist()"]),
+    ("pd.Timestamp('2024-01-01')", ["Timestamp", ".isoformat()"]),
+    ("datetime.date(2024, 1, 1)", ["datetime.date", ".isoformat()"]),
+    ("decimal.Decimal('1.5')", ["decimal.Decimal", "str("]),
+    ("np.ma.masked_array([1, 2], mask=[0, 1])", ["MaskedArray"]),
+], ids=["nan", "inf-in-array", "float32-inf", "complex-array", "complex", "object-array",
+        "datetime64", "timedelta64", "dataframe", "series", "timestamp", "date", "decimal", "masked"])
+def test_numpy_and_pandas_refused_with_hint(server, expr, needles):
+    script = ("import datetime, decimal\nimport numpy as np\nimport pandas as pd\n"
+              f"def main():\n    return {expr}\n")
+    body = expect_script_error(server.execute(script), "result_not_json")
+    for needle in needles:
+        assert needle in body["message"], body
+    assert "a set to a list" not in body["message"], body
+
+
+def test_huge_numpy_array_is_too_large_not_out_of_memory(small_server):
+    # small_server: PYEXEC_RESULT_MAX=100; 10**7 elements are refused before .tolist()
+    script = "import numpy as np\ndef main():\n    return np.zeros(10**7, dtype=np.int8)\n"
+    expect_script_error(small_server.execute(script), "result_too_large")
 
 
 def test_result_not_json_keeps_stdout(server):
