@@ -30,6 +30,8 @@ import types
 _write = os.write
 _exit = os._exit
 _JSONEncoder = json.JSONEncoder
+_set_int_max_str_digits = sys.set_int_max_str_digits
+_INT_DIGITS_DEFAULT = sys.int_info.default_max_str_digits
 _JSON_ESCAPES = {i: f"\\u{i:04x}" for i in range(0x20)}
 _JSON_ESCAPES.update({ord('"'): '\\"', ord("\\"): "\\\\", 0x7F: "\\u007f"})
 
@@ -260,6 +262,9 @@ def encode_result(value, result_max):
         offending.append(obj)
         raise TypeError(type_name(obj))
 
+    # Back to Python's default, which json.loads also applies: a script that lifted it to
+    # return a huge int learns why no client could read it instead of waiting for its digits.
+    _set_int_max_str_digits(_INT_DIGITS_DEFAULT)
     try:
         encoder = _JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"),
                                default=convert)
@@ -278,6 +283,11 @@ def encode_result(value, result_max):
         if "Circular" in str(exc):
             raise not_json("main() returned a value that contains itself; JSON cannot encode "
                            "circular references.")
+        if "integer string conversion" in str(exc):
+            raise not_json(f"main() returned an integer of more than {_INT_DIGITS_DEFAULT} "
+                           "digits, beyond the range of a double (about 1.8e308), which "
+                           "common JSON parsers refuse to read; return it as a str, for "
+                           "example str(n).")
         raise not_json("main() returned NaN or Infinity, which JSON cannot encode; replace "
                        "them (for example with None or a string).")
     except TypeError as exc:

@@ -102,10 +102,11 @@ def test_result_json_values(server, expr, expected):
 @pytest.mark.parametrize("expr, expected", [
     ("2**70", 2**70),
     ("-(2**64) - 1", -(2**64) - 1),
-    ("math.factorial(200)", math.factorial(200)),  # 375 digits: more than a double holds
-], ids=["2**70", "below-int64", "factorial-200"])
+    ("math.factorial(170)", math.factorial(170)),  # 307 digits: within a double's range
+], ids=["2**70", "below-int64", "factorial-170"])
 def test_result_big_integers_exact(server, expr, expected):
-    # Python's json encodes any int, so the contract's answer is 200 with the exact digits.
+    # Kept with the exact digits Python wrote, up to a double's range (beyond it: see
+    # test_numbers_clients_cannot_read_refused).
     resp = server.execute(f"import math\ndef main():\n    return {expr}\n")
     expect_result(resp, expected)
 
@@ -474,6 +475,38 @@ def test_huge_numpy_array_is_too_large_not_out_of_memory(small_server):
     # small_server: PYEXEC_RESULT_MAX=100; 10**7 elements are refused before .tolist()
     script = "import numpy as np\ndef main():\n    return np.zeros(10**7, dtype=np.int8)\n"
     expect_script_error(small_server.execute(script), "result_too_large")
+
+
+@pytest.mark.parametrize("expr, needle", [
+    ("10 ** 100_000", "digits"),
+    ("[1, -(10 ** 5000)]", "digits"),
+    ("{'n': 10 ** 309}", "range of a double"),
+    ("float(10 ** 308) * 10 if False else [10 ** 400]", "range of a double"),
+], ids=["100k-digits", "5k-digits-negative", "309-digits", "400-digits"])
+def test_numbers_clients_cannot_read_refused(server, expr, needle):
+    script = f"import sys\nsys.set_int_max_str_digits(0)\ndef main():\n    return {expr}\n"
+    resp = server.execute(script)
+    json.loads(resp.body)  # with Python's defaults, as any client would
+    body = expect_script_error(resp, "result_not_json")
+    assert needle in body["message"] and "str(n)" in body["message"], body
+
+
+def test_largest_readable_int_kept(server):
+    script = "def main():\n    return [10 ** 307, -(10 ** 307)]\n"
+    expect_result(server.execute(script), [10 ** 307, -(10 ** 307)])
+
+
+@pytest.mark.parametrize("depth, ok", [(63, True), (64, False)])
+def test_result_nesting_limit(server, depth, ok):
+    script = f"def main():\n    x = 1\n    for _ in range({depth - 1}):\n        x = [x]\n" \
+             "    return {'k': x}\n"
+    resp = server.execute(script)
+    json.loads(resp.body)
+    if ok:
+        expect_ok(resp)
+    else:
+        body = expect_script_error(resp, "result_not_json")
+        assert "63 levels" in body["message"], body
 
 
 def test_result_not_json_keeps_stdout(server):
