@@ -77,6 +77,8 @@ static const struct setting settings[] = {
      "seconds a connection may stay idle or stalled mid-request"},
     {"grace", "PYEXEC_GRACE", NUM(K_SECONDS, grace), "8",
      "seconds in-flight runs get to finish after SIGTERM"},
+    {"health-details", "PYEXEC_HEALTH_DETAILS", NUM(K_ULONG, health_details), "0",
+     "1: /healthz also shows the host's kernel and protections (always in the start-up log)"},
 };
 
 #define NSETTINGS (sizeof(settings) / sizeof(settings[0]))
@@ -217,6 +219,9 @@ static int config_defaults(struct config *c, struct err *e)
 		return err_set(e, 0, "config",
 		               "PYEXEC_TIMEOUT (%g) is above PYEXEC_MAX_TIMEOUT (%g)", c->timeout,
 		               c->max_timeout);
+	if (c->health_details > 1)
+		return err_set(e, 0, "config", "PYEXEC_HEALTH_DETAILS must be 0 or 1, not %lu",
+		               c->health_details);
 	if (c->port == 0 || c->port > 65535)
 		return err_set(e, 0, "config", "PORT must be 1-65535, not %lu", c->port);
 	if (c->memory_mb < 64 || c->max_procs < 1 || c->tmp_mb < 1 || c->max_files < 16)

@@ -38,6 +38,7 @@ struct config {
 	double pool_max_age;              /* seconds a ready jail may wait before it is replaced */
 	double grace;                     /* seconds in-flight runs get after SIGTERM */
 	unsigned long connection_timeout; /* seconds an idle or stalled connection is kept */
+	unsigned long health_details;     /* 1: /healthz shows the host's kernel and protections */
 };
 
 /* Returns 0 when the service should run, 1 when --help was printed, -1 on a bad setting. */

@@ -302,11 +302,24 @@ static enum MHD_Result text_response(struct MHD_Connection *conn, const char *me
 	return respond(conn, method, url, rq, &r, no_header, -1);
 }
 
+static const char *limits_name(const struct http *h)
+{
+	return h->jail && h->tier == JAIL_RESTRICTED ? "rlimits only (restricted tier)"
+	       : h->cg.mode == CGROUP_NONE           ? "rlimits only (no writable cgroup)"
+	       : h->cg.mode == CGROUP_V2             ? "cgroup v2 and rlimits"
+	                                             : "cgroup v1 and rlimits";
+}
+
+/* Anyone may ask: status, tier and readiness only. The host's kernel and what it allows are in
+ * the start-up log, and here only when the operator set PYEXEC_HEALTH_DETAILS. */
 static enum MHD_Result healthz(struct http *h, struct MHD_Connection *conn, const char *method,
                                const char *url, struct request *rq)
 {
 	json_t *o = json_object();
-	const char *why = !h->jail                         ? h->jail_problem
+	bool details = h->cfg->health_details;
+	const char *why = !h->jail                         ? (details ? h->jail_problem
+	                                                              : "no sandbox tier that PYEXEC_ISOLATION accepts "
+	                                                                "works on this host; the start-up log says why")
 	                  : atomic_load(&h->shutting_down) ? "the server is shutting down"
 	                                                   : "the sandbox self-check failed, "
 	                                                     "or nsjail is no longer executable";
@@ -316,15 +329,13 @@ static enum MHD_Result healthz(struct http *h, struct MHD_Connection *conn, cons
 	json_object_set_new(o, "status", json_string(ok ? "ok" : "unavailable"));
 	if (!ok)
 		json_object_set_new(o, "message", json_string(why));
+	json_object_set_new(o, "tier",
+	                    h->jail ? json_string(jail_tier_name(h->tier)) : json_null());
 	json_object_set_new(o, "poolReady", json_integer(pool_ready(h->pool)));
-	if (h->iso_report)
+	if (details && h->iso_report) {
 		json_object_set(o, "isolation", h->iso_report);
-	json_object_set_new(
-	    o, "limits",
-	    json_string(h->jail && h->tier == JAIL_RESTRICTED ? "rlimits only (restricted tier)"
-	                : h->cg.mode == CGROUP_NONE           ? "rlimits only (no writable cgroup)"
-	                : h->cg.mode == CGROUP_V2             ? "cgroup v2 and rlimits"
-	                                                      : "cgroup v1 and rlimits"));
+		json_object_set_new(o, "limits", json_string(limits_name(h)));
+	}
 	body = json_dumps(o, JSON_COMPACT);
 	json_decref(o);
 	return text_response(conn, method, url, rq, ok ? 200 : 503, body);
@@ -567,10 +578,10 @@ static void tier_choose(struct http *h)
 	h->probe_ok = ok;
 	if (!ok)
 		tier_problem(h, full_why, restricted_why);
-	report = json_pack("{s:s,s:s?,s:s,s:o,s:s?,s:f}", "requested", want, "tier",
+	report = json_pack("{s:s,s:s?,s:s,s:o,s:s,s:s?,s:f}", "requested", want, "tier",
 	                   ok ? jail_tier_name(h->tier) : NULL, "kernel", h->iso.kernel, "host",
-	                   isolation_json(&h->iso), "problem", ok ? NULL : h->jail_problem,
-	                   "probeMs", h->iso.ms);
+	                   isolation_json(&h->iso), "limits", limits_name(h), "problem",
+	                   ok ? NULL : h->jail_problem, "probeMs", h->iso.ms);
 	h->iso_report = report;
 	log_json(ok ? "INFO" : "ERROR", json_pack("{s:O}", "isolation", report),
 	         "sandbox isolation: %s%s (requested %s)",
