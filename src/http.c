@@ -318,8 +318,9 @@ static enum MHD_Result healthz(struct http *h, struct MHD_Connection *conn, cons
 	json_t *o = json_object();
 	bool details = h->cfg->health_details;
 	const char *why = !h->jail                         ? (details ? h->jail_problem
-	                                                              : "no sandbox tier that PYEXEC_ISOLATION accepts "
-	                                                                "works on this host; the start-up log says why")
+	                                                              : "the sandbox (nsjail) could not start in a tier "
+	                                                                "PYEXEC_ISOLATION accepts; the start-up log says "
+	                                                                "why")
 	                  : atomic_load(&h->shutting_down) ? "the server is shutting down"
 	                                                   : "the sandbox self-check failed, "
 	                                                     "or nsjail is no longer executable";
