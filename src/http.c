@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/eventfd.h>
 #include <sys/random.h>
 #include <unistd.h>
@@ -71,7 +72,9 @@ struct http {
 struct request {
 	struct buf body;
 	struct http *h;
-	bool counted; /* in h->answering */
+	bool counted;    /* in h->answering */
+	bool over;       /* the body is over PYEXEC_BODY_MAX: read and discarded, then a 413 */
+	size_t received; /* body bytes so far */
 	char id[65];
 	double t0;
 };
@@ -381,6 +384,25 @@ static enum MHD_Result too_large(struct http *h, struct MHD_Connection *conn, co
 	return respond_error(conn, "POST", url, rq, 413, "payload_too_large", msg, no_header);
 }
 
+/* A client that writes its whole body before reading (Python's http.client) sees a 413 only if
+ * the body is read: closing on unread bytes makes the kernel reset the connection, and the
+ * answer is lost. So an oversized body is read and thrown away, up to Cloud Run's own request
+ * limit and for at most PYEXEC_CONNECTION_TIMEOUT from the start of the request, as nginx's
+ * lingering close does; past either, the connection is closed. */
+#define DRAIN_MAX ((size_t)32 * 1024 * 1024)
+
+static bool drain_over(const struct http *h, const struct request *rq)
+{
+	return rq->received > DRAIN_MAX || run_now() - rq->t0 > (double)h->cfg->connection_timeout;
+}
+
+static bool expects_continue(struct MHD_Connection *conn)
+{
+	const char *v = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Expect");
+
+	return v && strcasecmp(v, "100-continue") == 0;
+}
+
 static bool is_get(const char *method)
 {
 	return strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0;
@@ -421,8 +443,13 @@ static enum MHD_Result route(struct http *h, struct MHD_Connection *conn, const 
 		                     no_header);
 	}
 	cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
-	if (cl && strtoull(cl, NULL, 10) > h->cfg->body_max)
-		return too_large(h, conn, url, rq);
+	if (cl && strtoull(cl, NULL, 10) > h->cfg->body_max) {
+		/* A client waiting for 100 Continue reads the answer now; so does one whose body
+		 * is too big to wait for. */
+		if (expects_continue(conn) || strtoull(cl, NULL, 10) > DRAIN_MAX)
+			return too_large(h, conn, url, rq);
+		rq->over = true;
+	}
 	return MHD_YES;
 }
 
@@ -446,12 +473,16 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 		return route(h, conn, url, method, rq);
 	}
 	if (*data_size) {
-		if (buf_append(&rq->body, data, *data_size) < 0)
+		rq->received += *data_size;
+		rq->over = rq->over || rq->received > h->cfg->body_max;
+		if (rq->over && drain_over(h, rq))
+			return MHD_NO;
+		if (!rq->over && buf_append(&rq->body, data, *data_size) < 0)
 			return MHD_NO;
 		*data_size = 0;
 		return MHD_YES;
 	}
-	if (rq->body.truncated)
+	if (rq->over)
 		return too_large(h, conn, url, rq);
 	return execute(h, conn, url, rq);
 }

@@ -5,6 +5,7 @@ import http.client
 import json
 import math
 import signal
+import socket
 import time
 
 import pytest
@@ -12,6 +13,8 @@ import pytest
 from pyexec_testlib import (
     assert_json_content_type,
     assert_traceback_clean,
+    check_healthy,
+    external_url,
     expect_error,
     expect_ok,
     expect_result,
@@ -645,3 +648,66 @@ def test_sigterm_drains_in_flight_run(server_factory):
     else:
         expect_error(in_flight, 503, "shutting_down")
     srv.proc.wait(15)
+
+
+# --- oversized bodies from clients that write everything before reading --------------------
+
+def _post_with_http_client(port, body):
+    """What Python's http.client (and SDKs built on it) does: send the whole body, then read."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("POST", "/execute", body=body, headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read())
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("mib", [2, 8])
+def test_413_reaches_clients_that_write_the_whole_body_first(server, mib):
+    body = json.dumps({"script": "#" * (mib * 1024 * 1024)}).encode()
+    answers = [_post_with_http_client(server.port, body) for _ in range(20)]
+    for status, payload in answers:
+        assert status == 413 and payload["error"] == "payload_too_large", (status, payload)
+    check_healthy(server)
+
+
+def test_oversized_slow_body_not_kept_past_connection_timeout(server_factory):
+    """An oversized body is read and discarded so that its client sees the 413, but a client
+    that trickles it is cut off once PYEXEC_CONNECTION_TIMEOUT has passed since the request
+    began, however often it sends a byte."""
+    if external_url():
+        pytest.skip("starts a server with its own PYEXEC_CONNECTION_TIMEOUT")
+    srv = server_factory(PYEXEC_CONNECTION_TIMEOUT="2")
+    sock = socket.create_connection(("127.0.0.1", srv.port), timeout=20)
+    sock.sendall(b"POST /execute HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: 4194304\r\n\r\n")
+    start, closed = time.monotonic(), False
+    try:
+        while time.monotonic() - start < 15:
+            sock.sendall(b"#" * 1024)
+            time.sleep(0.5)
+    except (BrokenPipeError, ConnectionResetError):
+        closed = True
+    finally:
+        sock.close()
+    assert closed, "the server kept reading an oversized body sent slowly for 15 s"
+    check_healthy(srv)
+
+
+def test_endless_chunked_body_is_cut_off(small_server):
+    # small_server: PYEXEC_BODY_MAX=1000; a chunked body never says how long it is
+    sock = socket.create_connection(("127.0.0.1", small_server.port), timeout=20)
+    sock.sendall(b"POST /execute HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Transfer-Encoding: chunked\r\n\r\n")
+    chunk, sent, closed = b"#" * 65536, 0, False
+    try:
+        while sent < 256 * 1024 * 1024:
+            sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            sent += len(chunk)
+    except (BrokenPipeError, ConnectionResetError):
+        closed = True
+    finally:
+        sock.close()
+    assert closed, f"the server read {sent} bytes of an endless body"
+    check_healthy(small_server)
