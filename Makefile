@@ -55,7 +55,11 @@ lint:
 	$(CPPCHECK) src/*.c
 	clang-tidy --quiet src/*.c -- -std=c11 -D_GNU_SOURCE -iquote src
 
-test: lint unit http
+# deploy/ checked without Google Cloud: deploy.sh against fake gcloud and docker commands.
+deploy-check:
+	$(PYTHON) -m pytest -q tests/deploy
+
+test: lint unit http deploy-check
 
 format:
 	clang-format -i src/*.c src/*.h tests/unit/*.c
@@ -93,7 +97,7 @@ bench: build/pyexecd
 soak: build/pyexecd
 	$(PYTHON) bench/soak.py --binary build/pyexecd --runs 10000 --clients 4
 
-.PHONY: all asan unit http lint test bench soak fuzz format clean
+.PHONY: all asan unit http lint deploy-check test bench soak fuzz format clean
 
 # Builds the Docker image, checks its size, and runs the black-box suite against a container
 # of it (tests/image/run.sh; needs a Docker engine; NSJAIL_BINARY=path passes a local nsjail).
