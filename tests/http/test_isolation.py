@@ -472,3 +472,42 @@ def main():
         time.sleep(0.05)
     assert left() == []
     assert (target / "keep.txt").read_text() == "server data"
+
+
+# --- the host's storage layout ---------------------------------------------------------------
+
+MOUNT_TABLES = """
+def main():
+    out = {}
+    for name in ("/proc/self/mountinfo", "/proc/self/mounts", "/proc/self/mountstats"):
+        try:
+            with open(name) as f:
+                out[name] = f.read()
+        except OSError as exc:
+            out[name] = str(exc)
+    return out
+"""
+
+
+@pytest.mark.full_tier_only("without a mount namespace a script reads the server's own mount "
+                            "table (docs/security.md, host storage paths)")
+def test_mount_tables_do_not_show_the_hosts_storage_paths(unhealthy, tmp_path, tier):
+    """In a container, /usr and /etc are on an overlay whose options name the host's
+    directories (lowerdir=/var/lib/docker/overlay2/...), and a bind mount shows its file
+    system's options. Emulated with an overlay on /usr and /etc whose lower layer sits under a
+    path of our own: no script may see that path."""
+    if tier != "full":
+        pytest.skip("tier full only")
+    host = tmp_path / f"host-layer-{uuid.uuid4().hex[:8]}"
+    for d in ("usr", "etc"):
+        (host / d).mkdir(parents=True)
+    script = ("mount --make-rprivate / && "
+              f"mount -t overlay overlay -o ro,lowerdir=/usr:{host}/usr /usr && "
+              f"mount -t overlay overlay -o ro,lowerdir=/etc:{host}/etc /etc && "
+              'exec "$@"')
+    srv = unhealthy(prefix=("unshare", "-m", "sh", "-c", script, "sh"),
+                    PYEXEC_RUN_UID=str(next_run_uid()))
+    tables = expect_ok(srv.execute(MOUNT_TABLES))["result"]
+    assert "overlay" in tables["/proc/self/mountinfo"], tables  # the emulation took effect
+    for name, text in tables.items():
+        assert str(host) not in text and "host-layer" not in text, (name, text)
