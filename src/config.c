@@ -61,7 +61,7 @@ static const struct setting settings[] = {
      "bytes of JSON result allowed"},
     {"body-max", "PYEXEC_BODY_MAX", NUM(K_ULONG, body_max), "1048576",
      "bytes of request body allowed"},
-    {"max-connections", "PYEXEC_MAX_CONNECTIONS", NUM(K_ULONG, max_connections), "256",
+    {"max-connections", "PYEXEC_MAX_CONNECTIONS", NUM(K_ULONG, max_connections), "2048",
      "open HTTP connections at once"},
     {"concurrency", "PYEXEC_CONCURRENCY", NUM(K_ULONG, concurrency), "0",
      "runs at once (0: the number of CPUs)"},

@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <microhttpd.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -50,6 +51,9 @@
 	"            if jail > 1 else ''}\n"
 #define STOP_DRAIN_SECONDS 3.0
 
+/* Threads of the event loop: they only parse and answer, never wait for a run. */
+#define HTTP_THREADS 2
+
 struct http {
 	const struct config *cfg;
 	struct MHD_Daemon *daemon;
@@ -62,6 +66,7 @@ struct http {
 	json_t *iso_report;  /* what tier_choose learned, shown by /healthz */
 	atomic_bool shutting_down;
 	atomic_uint answering; /* /execute requests whose answer is not yet sent */
+	atomic_uint workers;   /* request threads still running (they hold suspended connections) */
 	int stop_fd;           /* eventfd, readable once in-flight runs must stop */
 	struct api_limits lim;
 	struct pool *pool;
@@ -77,6 +82,16 @@ struct request {
 	size_t received; /* body bytes so far */
 	char id[65];
 	double t0;
+	/* /execute waits for a slot and runs on a thread of its own while its connection is
+	 * suspended, so the event loop never blocks: an idle or stalled connection costs a
+	 * descriptor and a little memory, not a thread. */
+	struct MHD_Connection *conn;
+	int fd;
+	struct job job;
+	enum { RQ_NEW, RQ_RUNNING, RQ_DONE } phase;
+	enum admit_rc admitted;
+	struct response r;
+	long ms;
 };
 
 /* Extra header for a response, beyond the contract's own. */
@@ -244,48 +259,94 @@ static enum MHD_Result refuse(struct http *h, struct MHD_Connection *conn, const
 	                     (struct header){"Retry-After", "1"});
 }
 
+/* Off the event loop: waits for a slot, runs the job, then hands the connection back. */
+static void *request_thread(void *arg)
+{
+	struct request *rq = arg;
+	struct http *h = rq->h;
+	double waited;
+
+	rq->admitted = admit_enter(h->admit, rq->fd, &waited);
+	metrics_queue_wait(h->metrics, waited);
+	if (rq->admitted == ADMIT_OK) {
+		rq->ms = run_job(h, &rq->job, rq->fd, &rq->r, rq->id);
+		admit_leave(h->admit);
+	}
+	api_job_free(&rq->job);
+	rq->phase = RQ_DONE;
+	MHD_resume_connection(rq->conn);
+	atomic_fetch_sub(&h->workers, 1);
+	return NULL;
+}
+
+static enum MHD_Result start_request_thread(struct http *h, struct MHD_Connection *conn,
+                                            struct request *rq)
+{
+	pthread_attr_t attr;
+	pthread_t t;
+	int rc;
+
+	rq->conn = conn;
+	rq->fd = client_fd(conn);
+	rq->phase = RQ_RUNNING;
+	atomic_fetch_add(&h->workers, 1);
+	MHD_suspend_connection(conn);
+	pthread_attr_init(&attr);
+	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+	rc = pthread_create(&t, &attr, request_thread, rq);
+	pthread_attr_destroy(&attr);
+	if (rc != 0) {
+		atomic_fetch_sub(&h->workers, 1);
+		rq->phase = RQ_DONE;
+		rq->admitted = ADMIT_BUSY;
+		api_job_free(&rq->job);
+		MHD_resume_connection(conn);
+	}
+	return MHD_YES;
+}
+
+/* Called again once the request thread resumed the connection. */
+static enum MHD_Result finish(struct http *h, struct MHD_Connection *conn, const char *url,
+                              struct request *rq)
+{
+	struct response *r = &rq->r;
+
+	if (rq->admitted != ADMIT_OK) {
+		if (rq->admitted == ADMIT_GONE) {
+			metrics_run(h->metrics, "client_gone", -1);
+			return MHD_NO;
+		}
+		return refuse(h, conn, url, rq, rq->admitted);
+	}
+	metrics_run(h->metrics, r->code, rq->ms >= 0 ? (double)rq->ms / 1e3 : -1);
+	if (r->code && strcmp(r->code, "client_gone") == 0) {
+		log_request(conn, "POST", url, rq, 499, "client_gone");
+		return MHD_NO; /* nobody is listening */
+	}
+	if (!r->body)
+		return MHD_NO;
+	return respond(conn, "POST", url, rq, r, no_header, rq->ms);
+}
+
 static enum MHD_Result execute(struct http *h, struct MHD_Connection *conn, const char *url,
                                struct request *rq)
 {
-	int fd = client_fd(conn);
-	struct response r = {0};
-	enum admit_rc rc;
-	struct job job;
 	struct err e;
-	double waited;
-	long ms;
 
+	if (rq->phase == RQ_DONE)
+		return finish(h, conn, url, rq);
+	if (rq->phase == RQ_RUNNING)
+		return MHD_YES; /* not resumed yet */
 	/* Fail closed: no script runs outside a tier the operator accepted. */
 	if (!h->jail)
 		return respond_error(conn, "POST", url, rq, 500, "internal", h->jail_problem,
 		                     no_header);
-	if (api_request_parse(rq->body.data ? rq->body.data : "", rq->body.len, &h->lim, &job, &e) <
-	    0) {
+	if (api_request_parse(rq->body.data ? rq->body.data : "", rq->body.len, &h->lim, &rq->job,
+	                      &e) < 0) {
 		metrics_run(h->metrics, e.code, -1);
 		return respond_error(conn, "POST", url, rq, e.status, e.code, e.message, no_header);
 	}
-	rc = admit_enter(h->admit, fd, &waited);
-	metrics_queue_wait(h->metrics, waited);
-	if (rc != ADMIT_OK) {
-		api_job_free(&job);
-		if (rc == ADMIT_GONE) {
-			metrics_run(h->metrics, "client_gone", -1);
-			return MHD_NO;
-		}
-		return refuse(h, conn, url, rq, rc);
-	}
-	ms = run_job(h, &job, fd, &r, rq->id);
-	admit_leave(h->admit);
-	api_job_free(&job);
-	metrics_run(h->metrics, r.code, ms >= 0 ? (double)ms / 1e3 : -1);
-	if (r.code && strcmp(r.code, "client_gone") == 0) {
-		log_request(conn, "POST", url, rq, 499, "client_gone");
-		api_response_free(&r);
-		return MHD_NO; /* nobody is listening */
-	}
-	if (!r.body)
-		return MHD_NO;
-	return respond(conn, "POST", url, rq, &r, no_header, ms);
+	return start_request_thread(h, conn, rq);
 }
 
 static bool healthy(const struct http *h)
@@ -391,9 +452,16 @@ static enum MHD_Result too_large(struct http *h, struct MHD_Connection *conn, co
  * lingering close does; past either, the connection is closed. */
 #define DRAIN_MAX ((size_t)32 * 1024 * 1024)
 
+/* A body must arrive in full within PYEXEC_CONNECTION_TIMEOUT of its headers, however often
+ * bytes come: the idle timeout alone would let a trickle hold a connection for ever. */
+static bool body_late(const struct http *h, const struct request *rq)
+{
+	return run_now() - rq->t0 > (double)h->cfg->connection_timeout;
+}
+
 static bool drain_over(const struct http *h, const struct request *rq)
 {
-	return rq->received > DRAIN_MAX || run_now() - rq->t0 > (double)h->cfg->connection_timeout;
+	return rq->received > DRAIN_MAX || body_late(h, rq);
 }
 
 static bool expects_continue(struct MHD_Connection *conn)
@@ -475,7 +543,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 	if (*data_size) {
 		rq->received += *data_size;
 		rq->over = rq->over || rq->received > h->cfg->body_max;
-		if (rq->over && drain_over(h, rq))
+		if (rq->over ? drain_over(h, rq) : body_late(h, rq))
 			return MHD_NO;
 		if (!rq->over && buf_append(&rq->body, data, *data_size) < 0)
 			return MHD_NO;
@@ -497,6 +565,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **state,
 		return;
 	if (rq->counted)
 		atomic_fetch_sub(&rq->h->answering, 1);
+	api_response_free(&rq->r);
 	buf_free(&rq->body);
 	free(rq);
 	*state = NULL;
@@ -685,9 +754,11 @@ struct http *http_start(const struct config *c, struct err *e)
 		http_free(h);
 		return NULL;
 	}
+	/* Event-driven: a few threads serve every connection; runs go to threads of their own. */
 	h->daemon = MHD_start_daemon(
-	    MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION, (uint16_t)c->port,
-	    NULL, NULL, on_request, h, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
+	    MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME,
+	    (uint16_t)c->port, NULL, NULL, on_request, h, MHD_OPTION_SOCK_ADDR,
+	    (struct sockaddr *)&sa, MHD_OPTION_THREAD_POOL_SIZE, (unsigned)HTTP_THREADS,
 	    MHD_OPTION_CONNECTION_LIMIT, (unsigned)c->max_connections,
 	    MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)c->connection_timeout,
 	    MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(64 * 1024), MHD_OPTION_NOTIFY_COMPLETED,
@@ -727,6 +798,10 @@ unsigned http_shutdown(struct http *h)
 
 void http_stop(struct http *h)
 {
+	/* Runs were told to stop by http_shutdown; their threads hold suspended connections and
+	 * must hand them back before the daemon goes. */
+	while (atomic_load(&h->workers))
+		usleep(10000);
 	MHD_stop_daemon(h->daemon);
 	sandbox_reaper_drain(STOP_DRAIN_SECONDS);
 	http_free(h);
