@@ -64,7 +64,11 @@ lint:
 	$(CPPCHECK) src/*.c
 	clang-tidy --quiet src/*.c -- -std=c11 -D_GNU_SOURCE -iquote src
 
-test: lint unit http
+# deploy/ checked without Google Cloud: deploy.sh against fake gcloud and docker commands.
+deploy-check:
+	$(PYTHON) -m pytest -q tests/deploy
+
+test: lint unit http deploy-check
 
 format:
 	clang-format -i src/*.c src/*.h tests/unit/*.c
@@ -102,7 +106,7 @@ bench: build/pyexecd
 soak: build/pyexecd
 	$(PYTHON) bench/soak.py --binary build/pyexecd --runs 10000 --clients 4
 
-.PHONY: all asan unit http lint test bench soak fuzz format clean
+.PHONY: all asan unit http lint deploy-check test bench soak fuzz format clean
 
 # The playground in Debian's headless Chromium (scripts/install-deps --browser): types scripts,
 # clicks Run, checks what the page shows, and saves a screenshot to SCREENSHOT

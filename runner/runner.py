@@ -30,6 +30,8 @@ import types
 _write = os.write
 _exit = os._exit
 _JSONEncoder = json.JSONEncoder
+_set_int_max_str_digits = sys.set_int_max_str_digits
+_INT_DIGITS_DEFAULT = sys.int_info.default_max_str_digits
 _JSON_ESCAPES = {i: f"\\u{i:04x}" for i in range(0x20)}
 _JSON_ESCAPES.update({ord('"'): '\\"', ord("\\"): "\\\\", 0x7F: "\\u007f"})
 
@@ -191,20 +193,84 @@ def not_json(message):
     return ScriptError("result_not_json", message)
 
 
+# Hints for values with no single JSON meaning, by a class in the value's MRO ("module.name").
+HINTS = {
+    "pandas.core.frame.DataFrame": 'df.to_dict(orient="records")',
+    "pandas.core.series.Series": "s.tolist() or s.to_dict()",
+    "pandas.core.indexes.base.Index": "index.tolist()",
+    "datetime.datetime": "value.isoformat()",
+    "datetime.date": "value.isoformat()",
+    "datetime.time": "value.isoformat()",
+    "datetime.timedelta": "value.total_seconds()",
+    "numpy.datetime64": "str(value)",
+    "numpy.timedelta64": "str(value)",
+    "decimal.Decimal": "str(value) or float(value)",
+    "fractions.Fraction": "float(value) or str(value)",
+    "builtins.complex": "[value.real, value.imag]",
+    "numpy.complexfloating": "[value.real, value.imag]",
+    "builtins.set": "sorted(value) or list(value)",
+    "builtins.frozenset": "sorted(value) or list(value)",
+    "builtins.bytes": "value.decode()",
+    "builtins.bytearray": "value.decode()",
+    "numpy.ndarray": "value.tolist(), after converting its elements",
+}
+
+
+def hint_for(obj):
+    for cls in type(obj).__mro__:
+        hint = HINTS.get(f"{cls.__module__}.{cls.__qualname__}")
+        if hint:
+            return hint
+    return "to dicts, lists, str, numbers or bool"
+
+
+def numpy_json(obj, result_max):
+    """What a numpy value means in JSON, or None when it has no single meaning. numpy
+    scalars of bool, integer and float types are that bool or number; a plain ndarray of those
+    dtypes is the (nested) list .tolist() gives. The encoder still refuses NaN and Infinity."""
+    np = sys.modules.get("numpy")
+    if np is None or not type(obj).__module__.startswith("numpy"):
+        return None
+    if isinstance(obj, (np.bool_, np.integer, np.floating)) and \
+            not isinstance(obj, np.timedelta64):  # a signedinteger, but a duration
+        return obj.item()
+    if type(obj) is np.ndarray and obj.dtype.kind in "biuf":
+        if obj.size > result_max // 2 + 1:  # each element takes a byte and a comma at least
+            raise ScriptError("result_too_large", f"main() returned a numpy array of "
+                              f"{obj.size} elements, whose JSON encoding is over the "
+                              f"{result_max}-byte limit; return less data.")
+        return obj.tolist()
+    return None
+
+
+def describe(obj):
+    name = type_name(obj)
+    dtype = getattr(obj, "dtype", None) if name.startswith("numpy.") else None
+    return f"{name} of dtype {dtype}" if dtype is not None else name
+
+
 def encode_result(value, result_max):
     if value is None:
         raise not_json("main() returned None; return a JSON value (a dict, list, str, number "
                        "or bool).")
     offending = []
 
-    def refuse(obj):
+    def convert(obj):
+        converted = numpy_json(obj, result_max)
+        if converted is not None:
+            return converted
         offending.append(obj)
         raise TypeError(type_name(obj))
 
+    # Back to Python's default, which json.loads also applies: a script that lifted it to
+    # return a huge int learns why no client could read it instead of waiting for its digits.
+    _set_int_max_str_digits(_INT_DIGITS_DEFAULT)
     try:
         encoder = _JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"),
-                               default=refuse)
+                               default=convert)
         data = encoder.encode(value).encode("utf-8")
+    except ScriptError:
+        raise
     except RecursionError:
         raise not_json("main() returned a value nested too deeply to encode as JSON; flatten "
                        "it.")
@@ -217,15 +283,19 @@ def encode_result(value, result_max):
         if "Circular" in str(exc):
             raise not_json("main() returned a value that contains itself; JSON cannot encode "
                            "circular references.")
+        if "integer string conversion" in str(exc):
+            raise not_json(f"main() returned an integer of more than {_INT_DIGITS_DEFAULT} "
+                           "digits, beyond the range of a double (about 1.8e308), which "
+                           "common JSON parsers refuse to read; return it as a str, for "
+                           "example str(n).")
         raise not_json("main() returned NaN or Infinity, which JSON cannot encode; replace "
                        "them (for example with None or a string).")
     except TypeError as exc:
         if offending:
-            name = type_name(offending[0])
-            hint = " (for example with .tolist() or .item())" if name.startswith("numpy.") \
-                else " (for example a set to a list)"
-            raise not_json(f"main() returned a value containing a {name}, which JSON cannot "
-                           f"encode; convert it first{hint}.")
+            obj = offending[0]
+            raise not_json(f"main() returned a value containing a {describe(obj)}, which "
+                           f"has no single JSON meaning; convert it first, for example with "
+                           f"{hint_for(obj)}.")
         raise not_json(f"main() returned a dict JSON cannot encode: {exc}; use str keys.")
     except Exception as exc:  # the value's own code raised while being encoded
         raise not_json(f"main() returned a {type_name(value)} whose encoding raised "

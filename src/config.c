@@ -66,7 +66,7 @@ static const struct setting settings[] = {
      "bytes of JSON result allowed"},
     {"body-max", "PYEXEC_BODY_MAX", NUM(K_ULONG, body_max), "1048576",
      "bytes of request body allowed"},
-    {"max-connections", "PYEXEC_MAX_CONNECTIONS", NUM(K_ULONG, max_connections), "256",
+    {"max-connections", "PYEXEC_MAX_CONNECTIONS", NUM(K_ULONG, max_connections), "2048",
      "open HTTP connections at once"},
     {"concurrency", "PYEXEC_CONCURRENCY", NUM(K_ULONG, concurrency), "0",
      "runs at once (0: the number of CPUs)"},
@@ -84,6 +84,8 @@ static const struct setting settings[] = {
      "seconds in-flight runs get to finish after SIGTERM"},
     {"playground", "PYEXEC_PLAYGROUND", NUM(K_BOOL, playground), "on",
      "serve the playground page at / (on or off)"},
+    {"health-details", "PYEXEC_HEALTH_DETAILS", NUM(K_BOOL, health_details), "off",
+     "on: /healthz also shows the host's kernel and protections (always in the start-up log)"},
 };
 
 #define NSETTINGS (sizeof(settings) / sizeof(settings[0]))

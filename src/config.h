@@ -42,6 +42,7 @@ struct config {
 	double grace;                     /* seconds in-flight runs get after SIGTERM */
 	unsigned long connection_timeout; /* seconds an idle or stalled connection is kept */
 	bool playground;                  /* serve the playground page at / */
+	bool health_details;              /* /healthz shows the host's kernel and protections */
 };
 
 /* Returns 0 when the service should run, 1 when --help was printed, -1 on a bad setting. */

@@ -6,7 +6,9 @@
 
 #define MESSAGE_MAX 4096
 #define TRACEBACK_MAX ((size_t)128 * 1024)
-#define RESULT_DEPTH_MAX 2048
+/* The answer wraps the result in one object; .NET's System.Text.Json reads 64 levels by
+ * default, the fewest of the common parsers (Ruby's json 100, Rust's serde_json 128). */
+#define RESULT_DEPTH_MAX 63
 
 /* The only codes a runner may report; anything else is a forgery or a bug. */
 static const char *const script_codes[] = {
@@ -27,15 +29,41 @@ static int bad(struct err *e, const char *why)
 	return err_set(e, 422, "result_not_json", "%s", why);
 }
 
+/* A well-formed result that clients could not read: reported as the runner would have. */
+static int unreadable(struct frame *f, const char *message)
+{
+	f->ok = false;
+	f->code = "result_not_json";
+	f->message = message;
+	f->traceback = NULL;
+	return 0;
+}
+
 static int frame_parse_ok(const char *rest, size_t n, struct frame *f, struct err *e)
 {
 	size_t lead = 0;
 
 	if (json_object_size(f->header) != 1)
 		return bad(e, "success header has extra fields");
-	/* The bytes are passed on as they are, so they are checked, not re-encoded. */
-	if (!json_check(rest, n, RESULT_DEPTH_MAX))
+	/* The bytes are passed on as they are, so they are checked, not re-encoded. A result that
+	 * is JSON but that common parsers refuse by default is the script's error, not a forgery.
+	 */
+	switch (json_check(rest, n, RESULT_DEPTH_MAX)) {
+	case JSON_OK:
+		break;
+	case JSON_TOO_DEEP:
+		return unreadable(f,
+		                  "main() returned a value nested more than 63 levels deep, which "
+		                  "common JSON parsers refuse to read (.NET's stops at 64 levels "
+		                  "with the answer's own); flatten it.");
+	case JSON_NUMBER_BIG:
+		return unreadable(f, "main() returned a number beyond the range of a double (about "
+		                     "1.8e308), which common JSON parsers refuse to read (Python's "
+		                     "json stops at 4300 digits, Go's and Rust's at a double's "
+		                     "range); return it as a str, for example str(n).");
+	default:
 		return bad(e, "result is not valid JSON");
+	}
 	while (lead < n && rest[lead] && strchr(" \t\r\n", rest[lead]))
 		lead++;
 	if (rest[lead] == 'n')

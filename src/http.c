@@ -3,10 +3,12 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <microhttpd.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/eventfd.h>
 #include <sys/random.h>
 #include <unistd.h>
@@ -50,6 +52,9 @@
 	"            if jail > 1 else ''}\n"
 #define STOP_DRAIN_SECONDS 3.0
 
+/* Threads of the event loop: they only parse and answer, never wait for a run. */
+#define HTTP_THREADS 2
+
 struct http {
 	const struct config *cfg;
 	struct MHD_Daemon *daemon;
@@ -62,6 +67,7 @@ struct http {
 	json_t *iso_report;  /* what tier_choose learned, shown by /healthz */
 	atomic_bool shutting_down;
 	atomic_uint answering; /* /execute requests whose answer is not yet sent */
+	atomic_uint workers;   /* request threads still running (they hold suspended connections) */
 	int stop_fd;           /* eventfd, readable once in-flight runs must stop */
 	struct api_limits lim;
 	struct pool *pool;
@@ -72,9 +78,21 @@ struct http {
 struct request {
 	struct buf body;
 	struct http *h;
-	bool counted; /* in h->answering */
+	bool counted;    /* in h->answering */
+	bool over;       /* the body is over PYEXEC_BODY_MAX: read and discarded, then a 413 */
+	size_t received; /* body bytes so far */
 	char id[65];
 	double t0;
+	/* /execute waits for a slot and runs on a thread of its own while its connection is
+	 * suspended, so the event loop never blocks: an idle or stalled connection costs a
+	 * descriptor and a little memory, not a thread. */
+	struct MHD_Connection *conn;
+	int fd;
+	struct job job;
+	enum { RQ_NEW, RQ_RUNNING, RQ_DONE } phase;
+	enum admit_rc admitted;
+	struct response r;
+	long ms;
 };
 
 /* Extra header for a response, beyond the contract's own. */
@@ -251,49 +269,96 @@ static enum MHD_Result refuse(struct http *h, struct MHD_Connection *conn, const
 	                     (struct header){"Retry-After", "1"});
 }
 
+/* Off the event loop: waits for a slot, runs the job, then hands the connection back. */
+static void *request_thread(void *arg)
+{
+	struct request *rq = arg;
+	struct http *h = rq->h;
+	double waited;
+
+	rq->admitted = admit_enter(h->admit, rq->fd, &waited);
+	metrics_queue_wait(h->metrics, waited);
+	if (rq->admitted == ADMIT_OK) {
+		rq->ms = run_job(h, &rq->job, rq->fd, &rq->r, rq->id);
+		admit_leave(h->admit);
+	}
+	api_job_free(&rq->job);
+	rq->phase = RQ_DONE;
+	MHD_resume_connection(rq->conn);
+	atomic_fetch_sub(&h->workers, 1);
+	return NULL;
+}
+
+static enum MHD_Result start_request_thread(struct http *h, struct MHD_Connection *conn,
+                                            struct request *rq)
+{
+	pthread_attr_t attr;
+	pthread_t t;
+	int rc;
+
+	rq->conn = conn;
+	rq->fd = client_fd(conn);
+	rq->phase = RQ_RUNNING;
+	atomic_fetch_add(&h->workers, 1);
+	MHD_suspend_connection(conn);
+	pthread_attr_init(&attr);
+	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+	rc = pthread_create(&t, &attr, request_thread, rq);
+	pthread_attr_destroy(&attr);
+	if (rc != 0) {
+		atomic_fetch_sub(&h->workers, 1);
+		rq->phase = RQ_DONE;
+		rq->admitted = ADMIT_BUSY;
+		api_job_free(&rq->job);
+		MHD_resume_connection(conn);
+	}
+	return MHD_YES;
+}
+
+/* Called again once the request thread resumed the connection. */
+static enum MHD_Result finish(struct http *h, struct MHD_Connection *conn, const char *url,
+                              struct request *rq)
+{
+	struct response *r = &rq->r;
+
+	if (rq->admitted != ADMIT_OK) {
+		if (rq->admitted == ADMIT_GONE) {
+			metrics_run(h->metrics, "client_gone", -1);
+			return MHD_NO;
+		}
+		return refuse(h, conn, url, rq, rq->admitted);
+	}
+	metrics_run(h->metrics, r->code, rq->ms >= 0 ? (double)rq->ms / 1e3 : -1);
+	if (r->code && strcmp(r->code, "client_gone") == 0) {
+		log_request(conn, "POST", url, rq, 499, "client_gone");
+		return MHD_NO; /* nobody is listening */
+	}
+	if (!r->body)
+		return MHD_NO;
+	/* Busy for want of a free run uid (restricted tier): like a full queue. */
+	return respond(conn, "POST", url, rq, r,
+	               r->status == 429 ? (struct header){"Retry-After", "1"} : no_header, rq->ms);
+}
+
 static enum MHD_Result execute(struct http *h, struct MHD_Connection *conn, const char *url,
                                struct request *rq)
 {
-	int fd = client_fd(conn);
-	struct response r = {0};
-	enum admit_rc rc;
-	struct job job;
 	struct err e;
-	double waited;
-	long ms;
 
+	if (rq->phase == RQ_DONE)
+		return finish(h, conn, url, rq);
+	if (rq->phase == RQ_RUNNING)
+		return MHD_YES; /* not resumed yet */
 	/* Fail closed: no script runs outside a tier the operator accepted. */
 	if (!h->jail)
 		return respond_error(conn, "POST", url, rq, 500, "internal", h->jail_problem,
 		                     no_header);
-	if (api_request_parse(rq->body.data ? rq->body.data : "", rq->body.len, &h->lim, &job, &e) <
-	    0) {
+	if (api_request_parse(rq->body.data ? rq->body.data : "", rq->body.len, &h->lim, &rq->job,
+	                      &e) < 0) {
 		metrics_run(h->metrics, e.code, -1);
 		return respond_error(conn, "POST", url, rq, e.status, e.code, e.message, no_header);
 	}
-	rc = admit_enter(h->admit, fd, &waited);
-	metrics_queue_wait(h->metrics, waited);
-	if (rc != ADMIT_OK) {
-		api_job_free(&job);
-		if (rc == ADMIT_GONE) {
-			metrics_run(h->metrics, "client_gone", -1);
-			return MHD_NO;
-		}
-		return refuse(h, conn, url, rq, rc);
-	}
-	ms = run_job(h, &job, fd, &r, rq->id);
-	admit_leave(h->admit);
-	api_job_free(&job);
-	metrics_run(h->metrics, r.code, ms >= 0 ? (double)ms / 1e3 : -1);
-	if (r.code && strcmp(r.code, "client_gone") == 0) {
-		log_request(conn, "POST", url, rq, 499, "client_gone");
-		api_response_free(&r);
-		return MHD_NO; /* nobody is listening */
-	}
-	if (!r.body)
-		return MHD_NO;
-	return respond(conn, "POST", url, rq, &r,
-	               r.status == 429 ? (struct header){"Retry-After", "1"} : no_header, ms);
+	return start_request_thread(h, conn, rq);
 }
 
 /* Restricted tier: too many quarantined uids (clean-ups that failed) mean too few for runs. */
@@ -328,11 +393,27 @@ static enum MHD_Result text_response(struct MHD_Connection *conn, const char *me
 	return respond(conn, method, url, rq, &r, no_header, -1);
 }
 
+static const char *limits_name(const struct http *h)
+{
+	if (h->jail && h->tier == JAIL_RESTRICTED)
+		return run_dirs_capped(h) ? "rlimits and a capped tmpfs per run (restricted tier)"
+		                          : "rlimits only (restricted tier)";
+	return h->cg.mode == CGROUP_NONE             ? "rlimits only (no writable cgroup)"
+	       : h->cg.mode == CGROUP_V2             ? "cgroup v2 and rlimits"
+	                                             : "cgroup v1 and rlimits";
+}
+
+/* Anyone may ask: status, tier and readiness only. The host's kernel and what it allows are in
+ * the start-up log, and here only when the operator set PYEXEC_HEALTH_DETAILS. */
 static enum MHD_Result healthz(struct http *h, struct MHD_Connection *conn, const char *method,
                                const char *url, struct request *rq)
 {
 	json_t *o = json_object();
-	const char *why = !h->jail                         ? h->jail_problem
+	bool details = h->cfg->health_details;
+	const char *why = !h->jail                         ? (details ? h->jail_problem
+	                                                              : "the sandbox (nsjail) could not start in a tier "
+	                                                                "PYEXEC_ISOLATION accepts; the start-up log says "
+	                                                                "why")
 	                  : atomic_load(&h->shutting_down) ? "the server is shutting down"
 	                  : uids_degraded(h)
 	                      ? "over half of the run uids are quarantined after failed "
@@ -345,18 +426,13 @@ static enum MHD_Result healthz(struct http *h, struct MHD_Connection *conn, cons
 	json_object_set_new(o, "status", json_string(ok ? "ok" : "unavailable"));
 	if (!ok)
 		json_object_set_new(o, "message", json_string(why));
+	json_object_set_new(o, "tier",
+	                    h->jail ? json_string(jail_tier_name(h->tier)) : json_null());
 	json_object_set_new(o, "poolReady", json_integer(pool_ready(h->pool)));
-	if (h->iso_report)
+	if (details && h->iso_report) {
 		json_object_set(o, "isolation", h->iso_report);
-	json_object_set_new(
-	    o, "limits",
-	    json_string(h->jail && h->tier == JAIL_RESTRICTED
-	                    ? (run_dirs_capped(h)
-	                           ? "rlimits and a capped tmpfs per run (restricted tier)"
-	                           : "rlimits only (restricted tier)")
-	                : h->cg.mode == CGROUP_NONE ? "rlimits only (no writable cgroup)"
-	                : h->cg.mode == CGROUP_V2   ? "cgroup v2 and rlimits"
-	                                            : "cgroup v1 and rlimits"));
+		json_object_set_new(o, "limits", json_string(limits_name(h)));
+	}
 	body = json_dumps(o, JSON_COMPACT);
 	json_decref(o);
 	return text_response(conn, method, url, rq, ok ? 200 : 503, body);
@@ -423,6 +499,32 @@ static enum MHD_Result serve_static(struct MHD_Connection *conn, const char *met
 	return ret;
 }
 
+/* A client that writes its whole body before reading (Python's http.client) sees a 413 only if
+ * the body is read: closing on unread bytes makes the kernel reset the connection, and the
+ * answer is lost. So an oversized body is read and thrown away, up to Cloud Run's own request
+ * limit and for at most PYEXEC_CONNECTION_TIMEOUT from the start of the request, as nginx's
+ * lingering close does; past either, the connection is closed. */
+#define DRAIN_MAX ((size_t)32 * 1024 * 1024)
+
+/* A body must arrive in full within PYEXEC_CONNECTION_TIMEOUT of its headers, however often
+ * bytes come: the idle timeout alone would let a trickle hold a connection for ever. */
+static bool body_late(const struct http *h, const struct request *rq)
+{
+	return run_now() - rq->t0 > (double)h->cfg->connection_timeout;
+}
+
+static bool drain_over(const struct http *h, const struct request *rq)
+{
+	return rq->received > DRAIN_MAX || body_late(h, rq);
+}
+
+static bool expects_continue(struct MHD_Connection *conn)
+{
+	const char *v = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Expect");
+
+	return v && strcasecmp(v, "100-continue") == 0;
+}
+
 static bool is_get(const char *method)
 {
 	return strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0;
@@ -466,8 +568,13 @@ static enum MHD_Result route(struct http *h, struct MHD_Connection *conn, const 
 		                     no_header);
 	}
 	cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
-	if (cl && strtoull(cl, NULL, 10) > h->cfg->body_max)
-		return too_large(h, conn, url, rq);
+	if (cl && strtoull(cl, NULL, 10) > h->cfg->body_max) {
+		/* A client waiting for 100 Continue reads the answer now; so does one whose body
+		 * is too big to wait for. */
+		if (expects_continue(conn) || strtoull(cl, NULL, 10) > DRAIN_MAX)
+			return too_large(h, conn, url, rq);
+		rq->over = true;
+	}
 	return MHD_YES;
 }
 
@@ -491,12 +598,16 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 		return route(h, conn, url, method, rq);
 	}
 	if (*data_size) {
-		if (buf_append(&rq->body, data, *data_size) < 0)
+		rq->received += *data_size;
+		rq->over = rq->over || rq->received > h->cfg->body_max;
+		if (rq->over ? drain_over(h, rq) : body_late(h, rq))
+			return MHD_NO;
+		if (!rq->over && buf_append(&rq->body, data, *data_size) < 0)
 			return MHD_NO;
 		*data_size = 0;
 		return MHD_YES;
 	}
-	if (rq->body.truncated)
+	if (rq->over)
 		return too_large(h, conn, url, rq);
 	return execute(h, conn, url, rq);
 }
@@ -511,6 +622,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **state,
 		return;
 	if (rq->counted)
 		atomic_fetch_sub(&rq->h->answering, 1);
+	api_response_free(&rq->r);
 	buf_free(&rq->body);
 	free(rq);
 	*state = NULL;
@@ -624,10 +736,10 @@ static void tier_choose(struct http *h)
 	h->probe_ok = ok;
 	if (!ok)
 		tier_problem(h, full_why, restricted_why);
-	report = json_pack("{s:s,s:s?,s:s,s:o,s:s?,s:f}", "requested", want, "tier",
+	report = json_pack("{s:s,s:s?,s:s,s:o,s:s,s:s?,s:f}", "requested", want, "tier",
 	                   ok ? jail_tier_name(h->tier) : NULL, "kernel", h->iso.kernel, "host",
-	                   isolation_json(&h->iso), "problem", ok ? NULL : h->jail_problem,
-	                   "probeMs", h->iso.ms);
+	                   isolation_json(&h->iso), "limits", limits_name(h), "problem",
+	                   ok ? NULL : h->jail_problem, "probeMs", h->iso.ms);
 	h->iso_report = report;
 	log_json(ok ? "INFO" : "ERROR", json_pack("{s:O}", "isolation", report),
 	         "sandbox isolation: %s%s (requested %s)",
@@ -699,9 +811,11 @@ struct http *http_start(const struct config *c, struct err *e)
 		http_free(h);
 		return NULL;
 	}
+	/* Event-driven: a few threads serve every connection; runs go to threads of their own. */
 	h->daemon = MHD_start_daemon(
-	    MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION, (uint16_t)c->port,
-	    NULL, NULL, on_request, h, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
+	    MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME,
+	    (uint16_t)c->port, NULL, NULL, on_request, h, MHD_OPTION_SOCK_ADDR,
+	    (struct sockaddr *)&sa, MHD_OPTION_THREAD_POOL_SIZE, (unsigned)HTTP_THREADS,
 	    MHD_OPTION_CONNECTION_LIMIT, (unsigned)c->max_connections,
 	    MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)c->connection_timeout,
 	    MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(64 * 1024), MHD_OPTION_NOTIFY_COMPLETED,
@@ -741,6 +855,10 @@ unsigned http_shutdown(struct http *h)
 
 void http_stop(struct http *h)
 {
+	/* Runs were told to stop by http_shutdown; their threads hold suspended connections and
+	 * must hand them back before the daemon goes. */
+	while (atomic_load(&h->workers))
+		usleep(10000);
 	MHD_stop_daemon(h->daemon);
 	sandbox_reaper_drain(STOP_DRAIN_SECONDS);
 	http_free(h);

@@ -1,5 +1,7 @@
 #include "json_check.h"
 
+#include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "text.h"
@@ -7,6 +9,7 @@
 struct cursor {
 	const unsigned char *p, *end;
 	int depth, max_depth;
+	enum json_verdict why; /* set with the first failure that is not a grammar error */
 };
 
 static bool value(struct cursor *c);
@@ -51,8 +54,27 @@ static bool digits(struct cursor *c)
 	return true;
 }
 
+/* Whether the number text [start, c->p) fits a double, the type most parsers read it into. */
+static bool number_fits(struct cursor *c, const unsigned char *start)
+{
+	size_t len = (size_t)(c->p - start);
+
+	if (len <= JSON_NUMBER_TEXT_MAX) {
+		char text[JSON_NUMBER_TEXT_MAX + 1];
+
+		memcpy(text, start, len);
+		text[len] = '\0';
+		if (isfinite(strtod(text, NULL)))
+			return true;
+	}
+	c->why = JSON_NUMBER_BIG;
+	return false;
+}
+
 static bool number(struct cursor *c)
 {
+	const unsigned char *start = c->p;
+
 	if (c->p < c->end && *c->p == '-')
 		c->p++;
 	if (c->p < c->end && *c->p == '0')
@@ -71,7 +93,7 @@ static bool number(struct cursor *c)
 		if (!digits(c))
 			return false;
 	}
-	return true;
+	return number_fits(c, start);
 }
 
 static bool escape(struct cursor *c)
@@ -118,8 +140,10 @@ static bool string(struct cursor *c)
 
 static bool members(struct cursor *c, char close, bool keyed)
 {
-	if (++c->depth > c->max_depth)
+	if (++c->depth > c->max_depth) {
+		c->why = JSON_TOO_DEEP;
 		return false;
+	}
 	c->p++; /* the opening bracket */
 	if (eat(c, close))
 		goto done;
@@ -162,12 +186,13 @@ static bool value(struct cursor *c)
 	}
 }
 
-bool json_check(const char *s, size_t n, int max_depth)
+enum json_verdict json_check(const char *s, size_t n, int max_depth)
 {
-	struct cursor c = {(const unsigned char *)s, (const unsigned char *)s + n, 0, max_depth};
+	struct cursor c = {(const unsigned char *)s, (const unsigned char *)s + n, 0, max_depth,
+	                   JSON_INVALID};
 
 	if (!value(&c))
-		return false;
+		return c.why;
 	skip_ws(&c);
-	return c.p == c.end;
+	return c.p == c.end ? JSON_OK : JSON_INVALID;
 }

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "hostfs.h"
 #include "http.h"
 #include "init.h"
 #include "log.h"
@@ -38,6 +39,7 @@ int main(int argc, char **argv)
 	struct http *h;
 	sigset_t stop;
 	int sig = 0, rc;
+	char why[256];
 
 	/* As a container's entrypoint, one process stays PID 1 and reaps what jails leave. */
 	init_split_if_pid1();
@@ -54,6 +56,9 @@ int main(int argc, char **argv)
 		fprintf(stderr, "pyexecd: %s\n", e.message);
 		return 2;
 	}
+	/* Before any thread: a mount namespace of the server's own. */
+	if (hostfs_hide(why, sizeof(why)) < 0)
+		log_info("the jails' mount tables may show the host's storage paths: %s", why);
 	/* A client that hangs up must never kill the server. */
 	signal(SIGPIPE, SIG_IGN);
 	/* Blocked before any thread exists, so only sigwait below sees them. */

@@ -5,6 +5,7 @@ import http.client
 import json
 import math
 import signal
+import socket
 import time
 
 import pytest
@@ -12,6 +13,8 @@ import pytest
 from pyexec_testlib import (
     assert_json_content_type,
     assert_traceback_clean,
+    check_healthy,
+    external_url,
     expect_error,
     expect_ok,
     expect_result,
@@ -102,10 +105,11 @@ def test_result_json_values(server, expr, expected):
 @pytest.mark.parametrize("expr, expected", [
     ("2**70", 2**70),
     ("-(2**64) - 1", -(2**64) - 1),
-    ("math.factorial(200)", math.factorial(200)),  # 375 digits: more than a double holds
-], ids=["2**70", "below-int64", "factorial-200"])
+    ("math.factorial(170)", math.factorial(170)),  # 307 digits: within a double's range
+], ids=["2**70", "below-int64", "factorial-170"])
 def test_result_big_integers_exact(server, expr, expected):
-    # Python's json encodes any int, so the contract's answer is 200 with the exact digits.
+    # Kept with the exact digits Python wrote, up to a double's range (beyond it: see
+    # test_numbers_clients_cannot_read_refused).
     resp = server.execute(f"import math\ndef main():\n    return {expr}\n")
     expect_result(resp, expected)
 
@@ -406,20 +410,108 @@ def test_exception_in_async_main(server):
     ("float('inf')", None),
     ("[1, float('-inf')]", None),
     ("{1, 2}", "set"),
-    ("numpy.zeros(3)", "numpy.ndarray"),
-    ("numpy.int64(1)", "int64"),
     ("{(1, 2): 3}", "tuple"),
     ("object()", "object"),
     ("b'bytes'", "bytes"),
     ("{'k': {1, 2}}", "set"),
-], ids=["none", "nan", "inf", "nested-inf", "set", "ndarray", "int64", "tuple-key",
-        "object", "bytes", "nested-set"])
+], ids=["none", "nan", "inf", "nested-inf", "set", "tuple-key", "object", "bytes",
+        "nested-set"])
 def test_result_not_json(server, expr, needle):
     imp = "import numpy\n" if "numpy" in expr else ""
     body = expect_script_error(server.execute(f"{imp}def main():\n    return {expr}\n"),
                                "result_not_json")
     if needle is not None:
         assert needle in body["message"], body
+
+
+@pytest.mark.parametrize("expr, expected", [
+    ("np.int64(7)", 7),
+    ("np.uint8(255)", 255),
+    ("np.int64(2) ** 62", 2 ** 62),
+    ("np.float32(0.5)", 0.5),
+    ("np.float64(1.25)", 1.25),
+    ("np.bool_(True)", True),
+    ("np.arange(3)", [0, 1, 2]),
+    ("np.array([[1.5, 2], [3, 4]])", [[1.5, 2.0], [3.0, 4.0]]),
+    ("np.array([True, False])", [True, False]),
+    ("np.array(5)", 5),
+    ("np.zeros((0, 3))", []),
+    ("{'total': pd.DataFrame({'v': [1, 2, 3]})['v'].sum()}", {"total": 6}),
+    ("{'mean': pd.Series([1, 2]).mean(), 'n': [np.int32(1), np.float16(2)]}",
+     {"mean": 1.5, "n": [1, 2.0]}),
+], ids=["int64", "uint8", "int64-big", "float32", "float64", "bool", "arange", "2d-float",
+        "bool-array", "0d-array", "empty-2d", "pandas-sum", "nested-mixed"])
+def test_numpy_values_are_their_json(server, expr, expected):
+    script = f"import numpy as np\nimport pandas as pd\ndef main():\n    return {expr}\n"
+    resp = server.execute(script)
+    expect_result(resp, expected)
+    # the exact JSON type, not merely an equal value (True == 1 in Python)
+    assert json.dumps(resp.json()["result"]) == json.dumps(expected), resp
+
+
+@pytest.mark.parametrize("expr, needles", [
+    ("np.float64('nan')", ["NaN"]),
+    ("np.array([1.0, np.inf])", ["NaN or Infinity"]),
+    ("np.float32('-inf')", ["NaN or Infinity"]),
+    ("np.array([1 + 2j])", ["numpy.ndarray", "complex128"]),
+    ("np.complex64(1)", ["numpy.complex64"]),
+    ("np.array(['a', None], dtype=object)", ["numpy.ndarray", "object"]),
+    ("np.datetime64('2024-01-01')", ["numpy.datetime64", "str("]),
+    ("np.timedelta64(5, 'ns')", ["numpy.timedelta64", "str("]),
+    ("pd.DataFrame({'v': [1, 2]})", ["pandas.core.frame.DataFrame",
+                                     'to_dict(orient="records")']),
+    ("pd.Series([1, 2])", ["pandas.core.series.Series", ".tolist()"]),
+    ("pd.Timestamp('2024-01-01')", ["Timestamp", ".isoformat()"]),
+    ("datetime.date(2024, 1, 1)", ["datetime.date", ".isoformat()"]),
+    ("decimal.Decimal('1.5')", ["decimal.Decimal", "str("]),
+    ("np.ma.masked_array([1, 2], mask=[0, 1])", ["MaskedArray"]),
+], ids=["nan", "inf-in-array", "float32-inf", "complex-array", "complex", "object-array",
+        "datetime64", "timedelta64", "dataframe", "series", "timestamp", "date", "decimal", "masked"])
+def test_numpy_and_pandas_refused_with_hint(server, expr, needles):
+    script = ("import datetime, decimal\nimport numpy as np\nimport pandas as pd\n"
+              f"def main():\n    return {expr}\n")
+    body = expect_script_error(server.execute(script), "result_not_json")
+    for needle in needles:
+        assert needle in body["message"], body
+    assert "a set to a list" not in body["message"], body
+
+
+def test_huge_numpy_array_is_too_large_not_out_of_memory(small_server):
+    # small_server: PYEXEC_RESULT_MAX=100; 10**7 elements are refused before .tolist()
+    script = "import numpy as np\ndef main():\n    return np.zeros(10**7, dtype=np.int8)\n"
+    expect_script_error(small_server.execute(script), "result_too_large")
+
+
+@pytest.mark.parametrize("expr, needle", [
+    ("10 ** 100_000", "digits"),
+    ("[1, -(10 ** 5000)]", "digits"),
+    ("{'n': 10 ** 309}", "range of a double"),
+    ("float(10 ** 308) * 10 if False else [10 ** 400]", "range of a double"),
+], ids=["100k-digits", "5k-digits-negative", "309-digits", "400-digits"])
+def test_numbers_clients_cannot_read_refused(server, expr, needle):
+    script = f"import sys\nsys.set_int_max_str_digits(0)\ndef main():\n    return {expr}\n"
+    resp = server.execute(script)
+    json.loads(resp.body)  # with Python's defaults, as any client would
+    body = expect_script_error(resp, "result_not_json")
+    assert needle in body["message"] and "str(n)" in body["message"], body
+
+
+def test_largest_readable_int_kept(server):
+    script = "def main():\n    return [10 ** 307, -(10 ** 307)]\n"
+    expect_result(server.execute(script), [10 ** 307, -(10 ** 307)])
+
+
+@pytest.mark.parametrize("depth, ok", [(63, True), (64, False)])
+def test_result_nesting_limit(server, depth, ok):
+    script = f"def main():\n    x = 1\n    for _ in range({depth - 1}):\n        x = [x]\n" \
+             "    return {'k': x}\n"
+    resp = server.execute(script)
+    json.loads(resp.body)
+    if ok:
+        expect_ok(resp)
+    else:
+        body = expect_script_error(resp, "result_not_json")
+        assert "63 levels" in body["message"], body
 
 
 def test_result_not_json_keeps_stdout(server):
@@ -558,3 +650,66 @@ def test_sigterm_drains_in_flight_run(server_factory):
     else:
         expect_error(in_flight, 503, "shutting_down")
     srv.proc.wait(15)
+
+
+# --- oversized bodies from clients that write everything before reading --------------------
+
+def _post_with_http_client(port, body):
+    """What Python's http.client (and SDKs built on it) does: send the whole body, then read."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("POST", "/execute", body=body, headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read())
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("mib", [2, 8])
+def test_413_reaches_clients_that_write_the_whole_body_first(server, mib):
+    body = json.dumps({"script": "#" * (mib * 1024 * 1024)}).encode()
+    answers = [_post_with_http_client(server.port, body) for _ in range(20)]
+    for status, payload in answers:
+        assert status == 413 and payload["error"] == "payload_too_large", (status, payload)
+    check_healthy(server)
+
+
+def test_oversized_slow_body_not_kept_past_connection_timeout(server_factory):
+    """An oversized body is read and discarded so that its client sees the 413, but a client
+    that trickles it is cut off once PYEXEC_CONNECTION_TIMEOUT has passed since the request
+    began, however often it sends a byte."""
+    if external_url():
+        pytest.skip("starts a server with its own PYEXEC_CONNECTION_TIMEOUT")
+    srv = server_factory(PYEXEC_CONNECTION_TIMEOUT="2")
+    sock = socket.create_connection(("127.0.0.1", srv.port), timeout=20)
+    sock.sendall(b"POST /execute HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: 4194304\r\n\r\n")
+    start, closed = time.monotonic(), False
+    try:
+        while time.monotonic() - start < 15:
+            sock.sendall(b"#" * 1024)
+            time.sleep(0.5)
+    except (BrokenPipeError, ConnectionResetError):
+        closed = True
+    finally:
+        sock.close()
+    assert closed, "the server kept reading an oversized body sent slowly for 15 s"
+    check_healthy(srv)
+
+
+def test_endless_chunked_body_is_cut_off(small_server):
+    # small_server: PYEXEC_BODY_MAX=1000; a chunked body never says how long it is
+    sock = socket.create_connection(("127.0.0.1", small_server.port), timeout=20)
+    sock.sendall(b"POST /execute HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Transfer-Encoding: chunked\r\n\r\n")
+    chunk, sent, closed = b"#" * 65536, 0, False
+    try:
+        while sent < 256 * 1024 * 1024:
+            sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            sent += len(chunk)
+    except (BrokenPipeError, ConnectionResetError):
+        closed = True
+    finally:
+        sock.close()
+    assert closed, f"the server read {sent} bytes of an endless body"
+    check_healthy(small_server)

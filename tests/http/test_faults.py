@@ -259,3 +259,62 @@ def test_client_gone_before_answer_does_not_kill_server(server):
         sock.close()
     time.sleep(1)
     check_healthy(server)
+
+
+HOLD_STALLED = """
+import resource, socket, sys, time
+resource.setrlimit(resource.RLIMIT_NOFILE, (4096, max(4096, resource.getrlimit(resource.RLIMIT_NOFILE)[1])))
+socks = []
+for _ in range(1000):
+    try:
+        s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=2)
+        s.sendall(b"POST /execute HTTP/1.1\\r\\nHost: x\\r\\nContent-Type: application/json\\r\\n"
+                  b"Content-Length: 100\\r\\n\\r\\n{\\"scr")
+        socks.append(s)
+    except OSError:
+        pass
+print(len(socks), flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+def test_a_thousand_stalled_requests_leave_room(server_factory):
+    """One client opens 1000 connections and sends half a request on each (headers, then a
+    few bytes of body): a legitimate request is still answered at once, not after the stalled
+    ones time out."""
+    import subprocess
+    import sys
+    srv = server_factory(fresh=True, PYEXEC_CONNECTION_TIMEOUT="30")
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_STALLED, str(srv.port), "40"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        opened = int(holder.stdout.readline())
+        assert opened == 1000, opened
+        start = time.monotonic()
+        resp = srv.execute(OK, http_timeout=10)
+        print(f"answered in {time.monotonic() - start:.3f} s with 1000 stalled connections")
+        expect_result(resp, 42)
+        assert srv.alive()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_trickled_body_has_a_deadline(server_factory):
+    """A body that keeps coming a byte at a time never looks idle; it must still arrive in
+    full within PYEXEC_CONNECTION_TIMEOUT of its headers."""
+    srv = server_factory(fresh=True, PYEXEC_CONNECTION_TIMEOUT="2")
+    sock = socket.create_connection(("127.0.0.1", srv.port), timeout=20)
+    sock.sendall(b"POST /execute HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: 1000\r\n\r\n")
+    start, closed = time.monotonic(), False
+    try:
+        while time.monotonic() - start < 15:
+            sock.sendall(b" ")
+            time.sleep(0.5)
+    except (BrokenPipeError, ConnectionResetError):
+        closed = True
+    finally:
+        sock.close()
+    assert closed, "a body trickled for 15 s was still being read"
+    check_healthy(srv)

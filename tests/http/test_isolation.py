@@ -6,6 +6,7 @@ under an outer nsjail whose seccomp policy refuses namespace creation, mount and
 Docker's default profile does. tests/platforms/run.sh repeats this under Docker and gVisor."""
 
 import concurrent.futures
+import json
 import os
 import time
 import uuid
@@ -74,10 +75,37 @@ def isolation(srv):
     return srv.get("/healthz").json()["isolation"]
 
 
+DETAILS = {"PYEXEC_HEALTH_DETAILS": "1"}
+
+
 # --- the self-check -------------------------------------------------------------------
 
-def test_healthz_reports_the_tier_and_what_the_host_allows(server, tier):
-    iso = isolation(server)
+def test_healthz_tells_the_public_only_status_tier_and_readiness(server, tier):
+    health = server.get("/healthz")
+    body = health.json()
+    if external_url() and "isolation" in body:
+        pytest.skip("the external server runs with PYEXEC_HEALTH_DETAILS=1 (tests/image does)")
+    assert health.status == 200 and body["status"] == "ok", health
+    assert body["tier"] == tier and isinstance(body["poolReady"], int), body
+    assert set(body) == {"status", "tier", "poolReady"}, body
+    for secret in ("Linux", "gVisor", "kernel", "Namespace", "seccomp", "cgroup"):
+        assert secret not in health.body.decode(), health
+
+
+def test_start_up_log_has_the_host_details(server_factory):
+    local_only()
+    srv = server_factory()
+    entry = next(json.loads(ln) for ln in srv.log_path.read_text().splitlines()
+                 if '"isolation"' in ln)
+    iso = entry["isolation"]
+    assert iso["kernel"].startswith(("Linux ", "gVisor (Linux ")), iso
+    assert set(iso["host"]) == set(NAMESPACE_PROBES) | {"setuid", "seccomp"}, iso
+    assert "rlimits" in iso["limits"], iso
+
+
+def test_healthz_reports_the_tier_and_what_the_host_allows(server_factory, tier):
+    local_only()  # an external server shows these only if its operator set PYEXEC_HEALTH_DETAILS
+    iso = isolation(server_factory(**DETAILS))
     assert iso["tier"] == tier, iso
     assert iso["kernel"].startswith(("Linux ", "gVisor (Linux ")), iso
     assert set(iso["host"]) == set(NAMESPACE_PROBES) | {"setuid", "seccomp"}, iso
@@ -94,13 +122,12 @@ def test_self_check_is_one_json_log_line(server_factory):
     assert len(lines) == 1, lines
     import json
     entry = json.loads(lines[0])
-    assert entry["isolation"]["tier"] == isolation(srv)["tier"], entry
-    assert entry["isolation"]["host"] == isolation(srv)["host"], entry
+    assert entry["isolation"]["tier"] == srv.get("/healthz").json()["tier"], entry
 
 
 def test_full_refuses_where_namespaces_are_denied(unhealthy, no_namespaces):
     srv = unhealthy(prefix=no_namespaces, PYEXEC_ISOLATION="full",
-                    PYEXEC_RUN_UID=str(next_run_uid()))
+                    PYEXEC_RUN_UID=str(next_run_uid()), **DETAILS)
     health = srv.get("/healthz")
     assert health.status == 503, health
     iso = health.json()["isolation"]
@@ -116,9 +143,22 @@ def test_full_refuses_where_namespaces_are_denied(unhealthy, no_namespaces):
     assert '"POST /execute 200' not in srv.log_path.read_text()
 
 
+def test_unhealthy_healthz_keeps_host_details_to_the_log(unhealthy, no_namespaces):
+    srv = unhealthy(prefix=no_namespaces, PYEXEC_ISOLATION="full",
+                    PYEXEC_RUN_UID=str(next_run_uid()))
+    health = srv.get("/healthz")
+    body = health.json()
+    assert health.status == 503 and body["status"] == "unavailable", health
+    assert body["tier"] is None and set(body) == {"status", "tier", "poolReady", "message"}, body
+    assert "log" in body["message"], body
+    for secret in ("Namespace", "seccomp", "SYS_ADMIN", "refuses"):
+        assert secret not in body["message"], body
+    assert "userNamespace" in srv.log_path.read_text()
+
+
 def test_auto_takes_restricted_where_namespaces_are_denied(unhealthy, no_namespaces):
     srv = unhealthy(prefix=no_namespaces, PYEXEC_ISOLATION="auto",
-                    PYEXEC_RUN_UID=str(next_run_uid()))
+                    PYEXEC_RUN_UID=str(next_run_uid()), **DETAILS)
     health = srv.get("/healthz")
     assert health.status == 200, health
     assert health.json()["isolation"]["tier"] == "restricted", health
@@ -130,7 +170,7 @@ def test_auto_takes_restricted_where_namespaces_are_denied(unhealthy, no_namespa
 def test_auto_takes_full_where_it_works(server_factory):
     local_only()
     srv = server_factory(PYEXEC_ISOLATION="auto")
-    assert isolation(srv)["tier"] == "full"
+    assert srv.get("/healthz").json()["tier"] == "full"
     assert expect_ok(srv.execute("import os\ndef main():\n    return os.getuid()\n"))[
         "result"] == 65534
 
@@ -469,3 +509,40 @@ def main():
         time.sleep(0.05)
     assert left() == []
     assert (target / "keep.txt").read_text() == "server data"
+
+
+# --- the host's storage layout ---------------------------------------------------------------
+
+MOUNT_TABLES = """
+def main():
+    out = {}
+    for name in ("/proc/self/mountinfo", "/proc/self/mounts", "/proc/self/mountstats"):
+        try:
+            with open(name) as f:
+                out[name] = f.read()
+        except OSError as exc:
+            out[name] = str(exc)
+    return out
+"""
+
+
+@pytest.mark.full_tier_only("without a mount namespace a script reads the server's own mount "
+                            "table (docs/security.md, host storage paths)")
+def test_mount_tables_do_not_show_the_hosts_storage_paths(unhealthy, tmp_path):
+    """In a container, /usr and /etc are on an overlay whose options name the host's
+    directories (lowerdir=/var/lib/docker/overlay2/...), and a bind mount shows its file
+    system's options. Emulated with an overlay on /usr and /etc whose lower layer sits under a
+    path of our own: no script may see that path."""
+    host = tmp_path / f"host-layer-{uuid.uuid4().hex[:8]}"
+    for d in ("usr", "etc"):
+        (host / d).mkdir(parents=True)
+    script = ("mount --make-rprivate / && "
+              f"mount -t overlay overlay -o ro,lowerdir=/usr:{host}/usr /usr && "
+              f"mount -t overlay overlay -o ro,lowerdir=/etc:{host}/etc /etc && "
+              'exec "$@"')
+    srv = unhealthy(prefix=("unshare", "-m", "sh", "-c", script, "sh"),
+                    PYEXEC_RUN_UID=str(next_run_uid()))
+    tables = expect_ok(srv.execute(MOUNT_TABLES))["result"]
+    assert "overlay" in tables["/proc/self/mountinfo"], tables  # the emulation took effect
+    for name, text in tables.items():
+        assert str(host) not in text and "host-layer" not in text, (name, text)

@@ -211,7 +211,7 @@ def main():
 
 
 def test_files_past_the_cap_fail_cleanly_and_leave_nothing(server_factory):
-    srv = restricted(server_factory, PYEXEC_TMP_FILES="300")
+    srv = restricted(server_factory, PYEXEC_TMP_FILES="300", PYEXEC_HEALTH_DETAILS="on")
     assert srv.get("/healthz").json()["limits"] == \
         "rlimits and a capped tmpfs per run (restricted tier)"
     script = '''
@@ -259,7 +259,8 @@ def test_a_deep_wide_tree_is_removed_without_a_mount(server_factory, tmp_path):
     target = tmp_path / "target"
     target.mkdir()
     (target / "keep.txt").write_text("server data")
-    srv = restricted(server_factory, prefix=outer_jail(tmp_path, DOCKER_LIKE_POLICY, "docker"))
+    srv = restricted(server_factory, prefix=outer_jail(tmp_path, DOCKER_LIKE_POLICY, "docker"),
+                     PYEXEC_HEALTH_DETAILS="on")
     assert srv.get("/healthz").json()["limits"] == "rlimits only (restricted tier)"
     script = WIDE_TREE.replace("TARGET", repr(str(target)))
     workdir = expect_ok(srv.execute(script, timeout=20))["result"]

@@ -63,7 +63,8 @@ else
 	           --security-opt apparmor=unconfined --security-opt systempaths=unconfined)
 fi
 say "docker run ${run_flags[*]}"
-docker run -d --name "$name" --network host -e PORT="$port" \
+# PYEXEC_HEALTH_DETAILS: the suite learns the kernel (gVisor or not) from /healthz.
+docker run -d --name "$name" --network host -e PORT="$port" -e PYEXEC_HEALTH_DETAILS=1 \
 	-e PYEXEC_TEST_SECRET=hunter2 -e PYEXEC_TEST_CANARY_PLAIN=hunter2-plain \
 	"${run_flags[@]}" "$image" >/dev/null
 docker logs -f "$name" >"$log" 2>&1 &

@@ -74,7 +74,7 @@ start() {
 	log="$logdir/$label-$isolation.log"
 	# The canaries are what the suite puts on servers it starts: no jail may ever see them.
 	docker run -d --name "$name" --network host -e PORT="$port" \
-		-e PYEXEC_ISOLATION="$isolation" \
+		-e PYEXEC_ISOLATION="$isolation" -e PYEXEC_HEALTH_DETAILS=1 \
 		-e PYEXEC_TEST_SECRET=hunter2 -e PYEXEC_TEST_CANARY_PLAIN=hunter2-plain \
 		"$@" "$image" >/dev/null
 	docker logs -f "$name" >"$log" 2>&1 &

@@ -135,10 +135,10 @@ static void outcome_ok_exact(void **state)
 	free(body);
 	/* Numbers pass through as Python wrote them, not re-rounded nor narrowed. */
 	body =
-	    respond("{\"status\":\"ok\"}\n[0.1,1e400,123456789012345678901234567890]", "", &status);
+	    respond("{\"status\":\"ok\"}\n[0.1,1e300,123456789012345678901234567890]", "", &status);
 	assert_int_equal(status, 200);
 	assert_string_equal(
-	    body, "{\"result\":[0.1,1e400,123456789012345678901234567890],\"stdout\":\"\"}");
+	    body, "{\"result\":[0.1,1e300,123456789012345678901234567890],\"stdout\":\"\"}");
 	free(body);
 }
 
@@ -327,7 +327,11 @@ static void frame_header_needs_newline(void **state)
 	memset(deep + strlen(deep_prefix), '[', depth);
 	memset(deep + strlen(deep_prefix) + depth, ']', depth);
 	deep[n] = '\0';
-	assert_int_equal(frame_parse(deep, n, &f, &e), -1);
+	/* a script's error, named, not a forgery */
+	assert_int_equal(frame_parse(deep, n, &f, &e), 0);
+	assert_false(f.ok);
+	assert_string_equal(f.code, "result_not_json");
+	assert_non_null(strstr(f.message, "nested"));
 	frame_free(&f);
 	free(deep);
 }
@@ -337,25 +341,35 @@ static void json_check_grammar(void **state)
 	const char *good[] = {
 	    "1",     "-0.5e+10", "123456789012345678901234567890",      "\"a\\u00e9\\n\"",
 	    "[]",    "{}",       " [1, {\"a\": [true, false, null]}] ", "\"h\xc3\xa9\"",
-	    "1E400",
+	    "1E300", "-1e-400",
 	};
 	const char *bad[] = {
 	    "",       "01",    "1.",       ".5",      "+1",        "[1,]",     "{\"a\"}",
 	    "{1: 2}", "[1 2]", "\"\x01\"", "\"\\x\"", "\"\\u12\"", "\"\xff\"", "tru",
 	    "nul",    "NaN",   "Infinity", "1 2",     "[",         "\"abc",
 	};
-	char deep[64];
+	char deep[64], big[JSON_NUMBER_TEXT_MAX + 2];
 
 	(void)state;
 	for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++)
-		assert_true(json_check(good[i], strlen(good[i]), 8));
+		assert_int_equal(json_check(good[i], strlen(good[i]), 8), JSON_OK);
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
-		assert_false(json_check(bad[i], strlen(bad[i]), 8));
+		assert_int_equal(json_check(bad[i], strlen(bad[i]), 8), JSON_INVALID);
 	memset(deep, '[', 9);
 	memset(deep + 9, ']', 9);
-	assert_false(json_check(deep, 18, 8));
-	assert_true(json_check(deep + 1, 16, 8));
-	assert_false(json_check("\"a\0b\"", 5, 8)); /* raw NUL inside a string */
+	assert_int_equal(json_check(deep, 18, 8), JSON_TOO_DEEP);
+	assert_int_equal(json_check(deep + 1, 16, 8), JSON_OK);
+	assert_int_equal(json_check("\"a\0b\"", 5, 8), JSON_INVALID); /* raw NUL in a string */
+	/* Numbers parsers read into doubles: beyond its range, or a text too long to bother. */
+	assert_int_equal(json_check("[1E400]", 7, 8), JSON_NUMBER_BIG);
+	assert_int_equal(json_check("-1e309", 6, 8), JSON_NUMBER_BIG);
+	memset(big, '9', sizeof(big) - 1);
+	assert_int_equal(json_check(big, 308, 8), JSON_OK);
+	assert_int_equal(json_check(big, 309, 8), JSON_NUMBER_BIG);
+	big[0] = '0';
+	big[1] = '.';
+	assert_int_equal(json_check(big, JSON_NUMBER_TEXT_MAX, 8), JSON_OK);
+	assert_int_equal(json_check(big, JSON_NUMBER_TEXT_MAX + 1, 8), JSON_NUMBER_BIG);
 }
 
 static void frame_then_death_not_trusted(void **state)
