@@ -77,6 +77,53 @@ test_pwd test_grp test_pty test_socketserver test_queue test_shlex test_base64 t
 test_mimetypes test_configparser
 """.split()
 
+# numpy's and pandas' own suites (Debian's python3-numpy and python3-pandas), run with pytest:
+# parts users lean on, each one request.
+DIST = "/usr/lib/python3/dist-packages/"
+SUITES = {
+    "numpy": ["numpy/linalg/tests", "numpy/fft/tests", "numpy/lib/tests/test_function_base.py",
+              "numpy/lib/tests/test_io.py", "numpy/core/tests/test_numeric.py",
+              "numpy/random/tests/test_generator_mt19937.py", "numpy/ma/tests/test_core.py"],
+    "pandas": ["pandas/tests/groupby/test_groupby.py", "pandas/tests/io/parser/test_read_fwf.py",
+               "pandas/tests/io/formats/test_to_csv.py", "pandas/tests/reshape/merge/test_merge.py",
+               "pandas/tests/frame/test_reductions.py", "pandas/tests/tools/test_to_datetime.py",
+               "pandas/tests/resample/test_datetime_index.py", "pandas/tests/io/json/test_pandas.py",
+               "pandas/tests/plotting/frame/test_frame.py"],
+}
+
+PYTEST_DRIVER = r'''
+import contextlib, io, os, sys
+
+TARGET = %r
+
+class Outcomes:
+    def __init__(self):
+        self.seen = {}
+    def pytest_runtest_logreport(self, report):
+        if hasattr(report, "wasxfail"):
+            outcome = "pass"  # an expected failure, or an xfail that passed
+        elif report.skipped:
+            outcome = "skip"
+        elif report.failed:
+            outcome = "fail" if report.when == "call" else "error"
+        else:
+            outcome = "pass"
+        if self.seen.get(report.nodeid, "pass") == "pass":
+            self.seen[report.nodeid] = outcome
+
+def main():
+    import pytest
+    os.chdir(os.environ.get("TMPDIR", "/tmp"))
+    outcomes = Outcomes()
+    sink = io.StringIO()
+    with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        code = pytest.main([TARGET, "-q", "-p", "no:cacheprovider", "-o", "addopts=",
+                            "--rootdir", os.getcwd()], plugins=[outcomes])
+    if not outcomes.seen:
+        return {"import_error": f"pytest exit {int(code)}: " + sink.getvalue()[-500:]}
+    return {"outcomes": outcomes.seen}
+'''
+
 # The script both sides run: main() runs one test module with unittest and returns each test's
 # outcome. test.support's resources are those regrtest enables by default (none): no internet,
 # no hour-long runs.
@@ -86,24 +133,30 @@ import io, os, sys, unittest, importlib, contextlib
 MODULE, RESOURCES = %r, %r
 
 class Outcomes(unittest.TestResult):
+    """Each test's outcome: "pass", or why not ("fail: ...", "error: ...", "skip: ...")."""
     def __init__(self):
         super().__init__()
         self.seen = {}
+    def note(self, test, kind, err=None, why=""):
+        if err is not None:
+            why = "".join(__import__("traceback").format_exception_only(err[0], err[1]))
+        self.seen[test.id()] = f"{kind}: {why.strip()[-160:]}"
     def addSuccess(self, test):
         self.seen.setdefault(test.id(), "pass")
     def addFailure(self, test, err):
-        self.seen[test.id()] = "fail"
+        self.note(test, "fail", err)
     def addError(self, test, err):
-        self.seen[test.id()] = "error"
+        self.note(test, "error", err)
     def addSkip(self, test, reason):
-        self.seen[test.id()] = "skip"
+        self.note(test, "skip", why=str(reason))
     def addExpectedFailure(self, test, err):
         self.seen[test.id()] = "pass"
     def addUnexpectedSuccess(self, test):
-        self.seen[test.id()] = "fail"
+        self.note(test, "fail", why="unexpected success")
     def addSubTest(self, test, subtest, err):
         if err is not None:
-            self.seen[test.id()] = "error" if not issubclass(err[0], test.failureException) else "fail"
+            self.note(test, "fail" if issubclass(err[0], test.failureException) else "error",
+                      err)
 
 def main():
     from test import support
@@ -131,6 +184,8 @@ with open(OUT, "w") as f:
 
 
 def driver(module):
+    if "/" in module:
+        return PYTEST_DRIVER % (DIST + module)
     return DRIVER % (module, RESOURCES.get(module, []))
 
 
@@ -210,11 +265,14 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("modules", nargs="*")
     ap.add_argument("--fast", action="store_true", help="only the subset `make test` runs")
+    ap.add_argument("--suite", choices=["stdlib", *SUITES], default="stdlib",
+                    help="CPython's test modules (default), or numpy's or pandas' own suite")
     ap.add_argument("-j", "--jobs", type=int, default=2)
     ap.add_argument("--timeout", type=int, default=MODULE_TIMEOUT)
     ap.add_argument("--json", help="write every outcome here")
     args = ap.parse_args()
-    modules = args.modules or (FAST if args.fast else MODULES)
+    modules = args.modules or (SUITES[args.suite] if args.suite in SUITES
+                               else FAST if args.fast else MODULES)
     testdir = Path(sys.base_prefix) / "lib" / "python3.11" / "test"
     if not (testdir / "test_math.py").exists() and not Path("/usr/lib/python3.11/test/test_math.py").exists():
         print("libpython3.11-testsuite is not installed (apt install libpython3.11-testsuite)")
