@@ -97,6 +97,7 @@ fuzz: $(addprefix build-fuzz/,$(FUZZERS))
 # Latency and throughput, cold against ready jails: prints one table (see bench/README.md).
 bench: build/pyexecd
 	$(PYTHON) bench/bench.py --binary build/pyexecd
+	$(PYTHON) bench/mounts.py
 
 # Soak: 10 000 runs, legitimate and hostile mixed, then what the server holds.
 soak: build/pyexecd
