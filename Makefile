@@ -61,6 +61,11 @@ lint:
 stdlib-compat: build/pyexecd
 	$(PYTHON) tests/stdlib_compat/compat.py
 
+# The same for numpy's and pandas' own suites (parts of them, with pytest inside the sandbox).
+package-compat: build/pyexecd
+	$(PYTHON) tests/stdlib_compat/compat.py --suite numpy
+	$(PYTHON) tests/stdlib_compat/compat.py --suite pandas
+
 stdlib-compat-fast: build/pyexecd
 	$(PYTHON) tests/stdlib_compat/compat.py --fast
 
@@ -103,7 +108,7 @@ bench: build/pyexecd
 soak: build/pyexecd
 	$(PYTHON) bench/soak.py --binary build/pyexecd --runs 10000 --clients 4
 
-.PHONY: all asan unit http lint test bench soak fuzz format clean stdlib-compat stdlib-compat-fast
+.PHONY: all asan unit http lint test bench soak fuzz format clean stdlib-compat stdlib-compat-fast package-compat
 
 # Builds the Docker image, checks its size, and runs the black-box suite against a container
 # of it (tests/image/run.sh; needs a Docker engine; NSJAIL_BINARY=path passes a local nsjail).
