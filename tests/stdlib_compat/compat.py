@@ -1,11 +1,12 @@
 """Runs CPython's own test modules (Debian's libpython3.11-testsuite) inside the sandbox, one
 POST /execute per module, and outside it as uid 65534 in a scratch directory, and compares.
 
-    /usr/bin/python3 tests/stdlib_compat/compat.py [--fast] [-j N] [MODULE...]
+    /usr/bin/python3 tests/stdlib_compat/compat.py [--fast | --suite numpy|pandas] [-j N] [MODULE...]
 
 A module matches when no test that passed outside fails, errors or is skipped inside (nor is
 missing). Every other difference must be listed, with its reason, in expected.txt beside this
-file; the check exits 1 on any difference not listed there. It starts its own pyexecd
+file; the check exits 1 on any difference not listed there, and on a module that loads on
+neither side (a missing package measures nothing). It starts its own pyexecd
 (build/pyexecd, tier $PYEXEC_TEST_ISOLATION) with generous limits, so that no configured limit
 gets in the way, unless $PYEXEC_TEST_URL names a server already running.
 """
@@ -226,8 +227,6 @@ def run_inside(port, module, timeout):
 
 def differences(outside, inside):
     """Test ids that passed outside and did not pass inside, with both outcomes."""
-    if "import_error" in outside and outside == inside:
-        return {}  # skipped on both sides, for the same reason
     for side in (outside, inside):
         for key in ("import_error", "timeout", "crash"):
             if key in side:
@@ -287,13 +286,17 @@ def main():
         port = server.port
     print(f"stdlib-compat: {len(modules)} modules, tier {local_tier()}, "
           f"inside pyexecd :{port} and outside as uid {NOBODY}")
-    matched = unexpected = 0
+    matched = unexpected = neither = 0
     report = {}
     try:
         with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
             futures = [pool.submit(compare, port, m, args.timeout) for m in modules]
             for fut in concurrent.futures.as_completed(futures):
                 module, outside, inside, took = fut.result()
+                if "import_error" in outside and outside == inside:
+                    neither += 1
+                    print(f"  NOT RUN   {module}: on neither side ({outside['import_error'][:200]})")
+                    continue
                 diff = differences(outside, inside)
                 ran = len(outside.get("outcomes", {}))
                 reasons = {t: explained(f"{module}:{t}", rules) for t in diff}
@@ -321,8 +324,8 @@ def main():
     if args.json:
         Path(args.json).write_text(json.dumps(report))
     print(f"stdlib-compat: {matched} of {len(modules)} modules match "
-          f"(expected differences aside); {unexpected} differ")
-    return 1 if unexpected else 0
+          f"(expected differences aside); {unexpected} differ; {neither} run on neither side")
+    return 1 if unexpected or neither else 0
 
 
 if __name__ == "__main__":
