@@ -360,7 +360,7 @@ def relay_until_exit(child, out_r, wake_r):
                 code = os.waitstatus_to_exitcode(status)
                 code = 128 - code if code < 0 else code
     # What the script wrote before it ended is in the pipe; a process it left behind may keep
-    # writing, so take one pipe's worth at most.
+    # writing, so take at most 1 MiB more.
     os.set_blocking(out_r, False)
     left = 1 << 20
     while open_out and left > 0:
