@@ -161,8 +161,11 @@ _run_uid_blocks = itertools.count()
 
 def next_run_uid():
     """A block of 1024 run uids no other server of this session uses (two servers sharing a
-    block would kill each other's restricted runs; pyexecd refuses to start then)."""
-    return 300000 + 1024 * (next(_run_uid_blocks) % 2000)
+    block would kill each other's restricted runs; pyexecd refuses to start then). Sessions
+    that run side by side on one host give each a base of its own in
+    $PYEXEC_TEST_RUN_UID_BASE."""
+    base = int(os.environ.get("PYEXEC_TEST_RUN_UID_BASE", "300000"))
+    return base + 1024 * (next(_run_uid_blocks) % 2000)
 
 
 class Server:
