@@ -68,7 +68,21 @@ lint:
 deploy-check:
 	$(PYTHON) -m pytest -q tests/deploy
 
-test: lint unit http deploy-check
+# CPython's own test modules (Debian's libpython3.11-testsuite) inside the sandbox, one request
+# per module, against the same code on the host as uid 65534; differences not listed with a
+# reason in tests/stdlib_compat/expected.txt fail. `make test` runs the fast subset.
+stdlib-compat: build/pyexecd
+	$(PYTHON) tests/stdlib_compat/compat.py
+
+# The same for numpy's and pandas' own suites (parts of them, with pytest inside the sandbox).
+package-compat: build/pyexecd
+	$(PYTHON) tests/stdlib_compat/compat.py --suite numpy
+	$(PYTHON) tests/stdlib_compat/compat.py --suite pandas
+
+stdlib-compat-fast: build/pyexecd
+	$(PYTHON) tests/stdlib_compat/compat.py --fast
+
+test: lint unit http deploy-check stdlib-compat-fast
 
 format:
 	clang-format -i src/*.c src/*.h tests/unit/*.c
@@ -101,12 +115,14 @@ fuzz: $(addprefix build-fuzz/,$(FUZZERS))
 # Latency and throughput, cold against ready jails: prints one table (see bench/README.md).
 bench: build/pyexecd
 	$(PYTHON) bench/bench.py --binary build/pyexecd
+	$(PYTHON) bench/mounts.py
 
 # Soak: 10 000 runs, legitimate and hostile mixed, then what the server holds.
 soak: build/pyexecd
 	$(PYTHON) bench/soak.py --binary build/pyexecd --runs 10000 --clients 4
 
-.PHONY: all asan unit http lint deploy-check test bench soak fuzz format clean
+.PHONY: all asan unit http lint deploy-check test bench soak fuzz format clean stdlib-compat \
+	stdlib-compat-fast package-compat
 
 # The playground in Debian's headless Chromium (scripts/install-deps --browser): types scripts,
 # clicks Run, checks what the page shows, and saves a screenshot to SCREENSHOT

@@ -358,34 +358,101 @@ def not_dumpable():
 def become_init(status_fd):
     """Splits off the process that runs the script. The jail's first process is, in tier full,
     the pid namespace's init: the kernel drops signals it has no handler for, and every other
-    process dies with it. So it only reaps, reports how the script's process ended on
-    status_fd, and leaves; a script then sees ordinary signal behaviour and cannot reach
-    status_fd. (In the restricted tier there is no pid namespace; the server kills every
-    process of the run's uid instead.)"""
+    process dies with it. So it only reaps, relays the script's output, reports how the
+    script's process ended on status_fd, and leaves; a script then sees ordinary signal
+    behaviour and cannot reach status_fd. (In the restricted tier there is no pid namespace;
+    the server kills every process of the run's uid instead.)
+
+    The script's stdout is a pipe of the jail's own uid, relayed to the server's: the server's
+    pipe belongs to root, so the script could not reopen it through /dev/stdout."""
+    import signal
+
+    out_r, out_w = os.pipe()
+    # Set before the fork, so that a child that ends at once still wakes the relay.
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    signal.set_wakeup_fd(wake_w)
     restricted = os.environ.pop("PYEXEC_TIER", "") == "restricted"
     child = os.fork()
     if child == 0:
-        os.close(status_fd)
         if restricted:
             # No pid namespace there: any process of the same uid could open the script's
             # /proc/<pid>/mem. Not dumpable, it is closed to all but root.
             not_dumpable()
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        for fd in (status_fd, out_r, wake_r, wake_w):
+            os.close(fd)
+        os.dup2(out_w, 1)
+        os.close(out_w)
         return
-    os.closerange(0, status_fd)
-    os.closerange(status_fd + 1, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    os.close(out_w)
+    keep = sorted((1, out_r, status_fd, wake_r, wake_w))
+    os.closerange(0, keep[0])
+    for low, high in zip(keep, keep[1:] + [resource.getrlimit(resource.RLIMIT_NOFILE)[0]]):
+        os.closerange(low + 1, high)
     not_dumpable()  # the script cannot open /proc/1/fd/* nor /proc/1/mem
-    while True:
-        try:
-            pid, status = os.waitpid(-1, 0)
-        except ChildProcessError:
-            os._exit(70)
-        if pid == child:
-            code = os.waitstatus_to_exitcode(status)
-            code = 128 - code if code < 0 else code
+    code = relay_until_exit(child, out_r, wake_r)
+    try:
+        os.write(status_fd, b"%d\n" % code)
+    finally:
+        os._exit(code)
+
+
+def relay_until_exit(child, out_r, wake_r):
+    """Copies the script's output to fd 1 and reaps every child until `child` is gone; then
+    copies what its output pipe still holds and returns the child's exit code (128 + signal
+    when killed)."""
+    import select
+
+    code = None
+    open_out = True
+    sink = [1]  # emptied when the server no longer reads: the output is then dropped
+
+    def copy(data):
+        if sink:
             try:
-                os.write(status_fd, b"%d\n" % code)
-            finally:
-                os._exit(code)
+                write_all(1, data)
+            except OSError:
+                sink.clear()
+
+    while code is None:
+        ready = select.select([out_r, wake_r] if open_out else [wake_r], [], [])[0]
+        if out_r in ready:
+            data = os.read(out_r, 1 << 16)
+            if data:
+                copy(data)
+            else:
+                open_out = False
+        if wake_r in ready:
+            try:
+                os.read(wake_r, 512)
+            except BlockingIOError:
+                pass
+        while code is None:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return 70
+            if pid == 0:
+                break
+            if pid == child:
+                code = os.waitstatus_to_exitcode(status)
+                code = 128 - code if code < 0 else code
+    # What the script wrote before it ended is in the pipe; a process it left behind may keep
+    # writing, so take at most 1 MiB more.
+    os.set_blocking(out_r, False)
+    left = 1 << 20
+    while open_out and left > 0:
+        try:
+            data = os.read(out_r, 1 << 16)
+        except BlockingIOError:
+            break
+        if not data:
+            break
+        copy(data)
+        left -= len(data)
+    return code
 
 
 # First calls that set up lazy state (BLAS buffers, pandas' groupby machinery): done once in a

@@ -165,7 +165,8 @@ static int cgroup_args(struct args *a, const struct jail *j, const struct config
 }
 
 /* Full tier: a fresh root with read-only binds of the interpreter, its library and the
- * runner, and a private tmpfs. */
+ * runner, and private tmpfs for /tmp and for /dev/shm (POSIX shared memory and semaphores, which
+ * multiprocessing needs), each capped at PYEXEC_TMP_MB. */
 static int full_args(struct args *a, const struct config *c, const char *py, const char *lib)
 {
 	int rc = 0;
@@ -179,6 +180,8 @@ static int full_args(struct args *a, const struct config *c, const char *py, con
 	rc |= jail_add(a, "--bindmount_ro=%s", lib);
 	rc |= jail_add(a, "--bindmount_ro=%s:/pyexec/runner.py", c->runner);
 	rc |= jail_add(a, "--mount=none:/tmp:tmpfs:size=%lum,nr_inodes=%lu,mode=0700", c->tmp_mb,
+	               c->tmp_files);
+	rc |= jail_add(a, "--mount=none:/dev/shm:tmpfs:size=%lum,nr_inodes=%lu,mode=01777", c->tmp_mb,
 	               c->tmp_files);
 	return rc;
 }
