@@ -200,20 +200,21 @@ json_t *files_output_parse(const char *data, size_t len, const struct files_limi
 		return NULL;
 	}
 	while (rc == 0 && p < end) {
-		char kind = *p;
-		if (end - p < 2 || p[1] != ' ') {
+		char kind = *p, cap[8] = "";
+		const char *nl;
+		if (end - p < 2 || p[1] != ' ' || (kind != 'F' && kind != 'L')) {
 			rc = bad_records(e);
-		} else if (p += 2, kind == 'F') {
-			rc = parse_file(&p, end, lim, &total, files, e);
-		} else if (kind == 'L') {
-			const char *nl = memchr(p, '\n', (size_t)(end - p));
-			char cap[8] = "";
-			if (nl && nl - p < (long)sizeof(cap))
-				memcpy(cap, p, (size_t)(nl - p));
-			rc = nl ? cap_error(cap, lim, e) : bad_records(e);
-		} else {
-			rc = bad_records(e);
+			break;
 		}
+		p += 2;
+		if (kind == 'F') {
+			rc = parse_file(&p, end, lim, &total, files, e);
+			continue;
+		}
+		nl = memchr(p, '\n', (size_t)(end - p));
+		if (nl && nl - p < (long)sizeof(cap))
+			memcpy(cap, p, (size_t)(nl - p));
+		rc = nl ? cap_error(cap, lim, e) : bad_records(e);
 	}
 	if (rc < 0) {
 		json_decref(files);
