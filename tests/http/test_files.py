@@ -422,3 +422,16 @@ def test_runs_do_not_see_each_others_files(server):
     expect_files(first)
     resp = server.execute("import os\ndef main():\n    return sorted(os.listdir('.'))\n")
     expect_result(resp, [])
+
+
+def test_cold_jails_behave_as_ready_ones(server_factory):
+    """PYEXEC_POOL=0: every run starts its own jail; files and stdin work the same."""
+    cold = server_factory(PYEXEC_POOL="0")
+    script = ("import os, sys\n"
+              "def main():\n"
+              "    os.mkdir('output')\n"
+              "    open('output/out.txt', 'w').write(open('in/a.txt').read() + sys.stdin.read())\n"
+              "    return 1\n")
+    _, files = expect_files(cold.execute(script, files=[infile("in/a.txt", "file+")],
+                                         stdin="stdin"))
+    assert files == {"out.txt": b"file+stdin"}
