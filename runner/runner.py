@@ -1,19 +1,24 @@
 """pyexec runner: the only Python we write. It runs inside the jail, as nobody.
 
-    python3 -I -u runner.py RESULT_FD STATUS_FD RESULT_MAX PRELOAD
+    python3 -I -u runner.py RESULT_FD STATUS_FD RESULT_MAX PRELOAD [OUTPUT_CAPS]
 
 Protocol with pyexecd (see docs/security.md):
 1. Imports the PRELOAD modules (comma-separated, may be empty), writes "READY\\n" on
-   RESULT_FD, then waits for the script on stdin until EOF. A jail may wait there, ready, for
-   a while before the server hands it a script.
+   RESULT_FD, then waits for its input on stdin until EOF. A jail may wait there, ready, for
+   a while before the server hands it a script. The input is a JSON header line
+   {"script": N, "stdin": M, "files": [[PATH, SIZE], ...]} and then those bytes back to back;
+   the files are written under the working directory and the stdin bytes become fd 0.
 2. Runs the script as a module named "__script__" (never "__main__"), then calls main().
 3. Writes one frame on RESULT_FD: a header line, {"status": "ok"} followed by the result's JSON,
    or {"status": "error", "error": CODE, "message": TEXT, "traceback": TEXT}.
 What the script prints (stdout and stderr) goes to fd 1 and nowhere else.
 4. The jail's first process (the pid namespace's init) never runs user code: once the script's
-   process is gone it writes that process's exit status ("<code>\n", 128 + signal when killed)
-   on STATUS_FD, a descriptor the script's process never holds. pyexecd trusts a frame only
-   with a status of 0, and answers without waiting for the rest of the jail to go.
+   process is gone it writes that process's exit status ("<code> <n>\n", 128 + signal when
+   killed) on STATUS_FD, a descriptor the script's process never holds, followed by n bytes
+   of records of the files left under output/ (src/files.h; OUTPUT_CAPS is "files,bytes,
+   path length,depth"): in tier full it first kills every other process of the jail, so
+   nothing writes there any more. pyexecd trusts a frame only with a status of 0, and answers
+   without waiting for the rest of the jail to go.
 """
 
 import gc
@@ -32,6 +37,7 @@ _exit = os._exit
 _JSONEncoder = json.JSONEncoder
 _set_int_max_str_digits = sys.set_int_max_str_digits
 _INT_DIGITS_DEFAULT = sys.int_info.default_max_str_digits
+_json_loads = json.loads
 _JSON_ESCAPES = {i: f"\\u{i:04x}" for i in range(0x20)}
 _JSON_ESCAPES.update({ord('"'): '\\"', ord("\\"): "\\\\", 0x7F: "\\u007f"})
 
@@ -68,17 +74,56 @@ def write_all(fd, data):
         view = view[_write(fd, view):]
 
 
-def read_script():
+def read_input():
+    """The script; the input files are written and stdin set up on the way."""
     chunks = []
     while True:
         chunk = os.read(0, 1 << 16)
         if not chunk:
             break
         chunks.append(chunk)
-    devnull = os.open("/dev/null", os.O_RDONLY)
-    os.dup2(devnull, 0)
-    os.close(devnull)
-    return b"".join(chunks)
+    data = memoryview(b"".join(chunks))
+    end = bytes(data[:1 << 20]).index(b"\n")
+    header = _json_loads(bytes(data[:end]))
+    at = end + 1
+    script = bytes(data[at:at + header["script"]])
+    at += header["script"]
+    stdin = data[at:at + header["stdin"]]
+    at += header["stdin"]
+    for path, size in header["files"]:
+        write_input_file(path, data[at:at + size])
+        at += size
+    give_stdin(stdin)
+    return script
+
+
+def write_input_file(path, content):
+    """Writes one input file under the working directory (the server checked the path)."""
+    try:
+        parent = os.path.dirname(path)
+        if parent:
+            os.makedirs(parent, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600)
+        try:
+            write_all(fd, content)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise ScriptError("exception", f"The input file {path} could not be written "
+                          f"({exc.strerror}); send less data.")
+
+
+def give_stdin(data):
+    """fd 0 reads data: an in-memory file, or /dev/null when there is none."""
+    if data:
+        fd = os.memfd_create("stdin", os.MFD_CLOEXEC)
+        write_all(fd, data)
+        os.lseek(fd, 0, os.SEEK_SET)
+    else:
+        fd = os.open("/dev/null", os.O_RDONLY)
+    os.dup2(fd, 0)
+    os.close(fd)
 
 
 def clean_text(text, limit):
@@ -335,7 +380,7 @@ def finish(result_fd, frame):
 
 
 def run(result_fd, result_max):
-    source = read_script()
+    source = read_input()
     # What the script writes to stderr joins its stdout, in order.
     os.dup2(1, 2)
     code = compile_script(source)
@@ -355,7 +400,7 @@ def not_dumpable():
         os._exit(70)  # never run without this protection
 
 
-def become_init(status_fd):
+def become_init(status_fd, output_caps):
     """Splits off the process that runs the script. The jail's first process is, in tier full,
     the pid namespace's init: the kernel drops signals it has no handler for, and every other
     process dies with it. So it only reaps, relays the script's output, reports how the
@@ -394,7 +439,11 @@ def become_init(status_fd):
     not_dumpable()  # the script cannot open /proc/1/fd/* nor /proc/1/mem
     code = relay_until_exit(child, out_r, wake_r)
     try:
-        os.write(status_fd, b"%d\n" % code)
+        records = b""
+        if code == 0 and not restricted:
+            end_jail()
+            records = collect_output(output_caps)
+        write_all(status_fd, b"%d %d\n" % (code, len(records)) + records)
     finally:
         os._exit(code)
 
@@ -455,6 +504,97 @@ def relay_until_exit(child, out_r, wake_r):
     return code
 
 
+def end_jail():
+    """Tier full, in the pid namespace's init: kills every other process of the jail and reaps
+    them all, so nothing writes under output/ any more. (kill(-1) spares the caller.)"""
+    while True:
+        try:
+            os.kill(-1, 9)
+        except OSError:
+            pass  # none left to signal
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            return
+
+
+class OutputCap(Exception):
+    pass
+
+
+OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+
+
+def collect_output(caps):
+    """The records (src/files.h) of the regular files under ./output. Nothing but directories
+    and regular files is opened, never through a link and never blocking; a cap ends the walk
+    with an "L" record."""
+    out = []
+    state = {"files": 0, "bytes": 0}
+    try:
+        fd = os.open("output", OPEN_FLAGS | os.O_DIRECTORY)
+    except OSError:
+        return b""
+    try:
+        walk_output(fd, b"", 0, caps, state, out)
+    except OutputCap as cap:
+        out.append(b"L %s\n" % cap.args[0])
+    finally:
+        os.close(fd)
+    return b"".join(out)
+
+
+def walk_output(dfd, prefix, depth, caps, state, out):
+    import stat
+
+    files_max, bytes_max, path_max, depth_max = caps
+    for name in sorted(os.fsencode(n) for n in os.listdir(dfd)):
+        path = prefix + b"/" + name if prefix else name
+        try:
+            ls = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+        except OSError:
+            continue
+        is_dir = stat.S_ISDIR(ls.st_mode)
+        if not (is_dir or stat.S_ISREG(ls.st_mode)):
+            continue  # a link, FIFO, socket or device: never opened
+        if depth + 1 > depth_max:
+            raise OutputCap(b"depth")
+        if len(path) > path_max:
+            raise OutputCap(b"path")
+        try:
+            fd = os.open(name, OPEN_FLAGS | (os.O_DIRECTORY if is_dir else 0), dir_fd=dfd)
+        except OSError:
+            continue
+        try:
+            st = os.fstat(fd)
+            if (st.st_ino, st.st_dev) != (ls.st_ino, ls.st_dev):
+                continue  # swapped since it was looked at
+            if stat.S_ISDIR(st.st_mode):
+                walk_output(fd, path, depth + 1, caps, state, out)
+            elif stat.S_ISREG(st.st_mode):
+                if state["files"] + 1 > files_max:
+                    raise OutputCap(b"files")
+                if st.st_size > bytes_max - state["bytes"]:
+                    raise OutputCap(b"bytes")
+                data = read_at_most(fd, st.st_size)
+                state["files"] += 1
+                state["bytes"] += len(data)
+                out.append(b"F %d %d\n" % (len(path), len(data)) + path + data)
+        finally:
+            os.close(fd)
+
+
+def read_at_most(fd, size):
+    chunks = []
+    while size > 0:
+        chunk = os.read(fd, min(size, 1 << 20))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
 # First calls that set up lazy state (BLAS buffers, pandas' groupby machinery): done once in a
 # ready jail before it waits, instead of in every script.
 WARMUPS = {
@@ -477,10 +617,12 @@ def preload(names):
 
 def start():
     result_fd, status_fd, result_max = (int(a) for a in sys.argv[1:4])
+    caps = sys.argv[5] if len(sys.argv) > 5 else "0,0,0,0"
+    output_caps = tuple(int(a) for a in caps.split(","))
     # Imported before the split, the preloaded modules' pages are shared with the init, so
     # the script's process has less of its own to free when it exits.
     preload(sys.argv[4] if len(sys.argv) > 4 else "")
-    become_init(status_fd)
+    become_init(status_fd, output_caps)
     result_fd = hide_result_fd(result_fd)
     write_all(result_fd, b"READY\n")
     pid = os.getpid()

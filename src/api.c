@@ -90,6 +90,157 @@ static int parse_timeout(const json_t *t, const struct api_limits *lim, double *
 	return 0;
 }
 
+/* ---- input: files and stdin ---- */
+
+#define FILE_EXAMPLE "{\"path\": \"data/in.csv\", \"content\": \"<base64>\"}"
+
+static int bad_file(struct err *e, size_t i, const char *what)
+{
+	return err_set(e, 400, "invalid_request",
+	               "\"files\"[%zu] %s; send objects like " FILE_EXAMPLE ".", i, what);
+}
+
+/* Checks files[i] and adds its decoded size to *total. */
+static int check_file(const json_t *f, size_t i, const struct api_limits *lim, size_t *total,
+                      struct err *e)
+{
+	const json_t *path = json_object_get(f, "path"), *content = json_object_get(f, "content");
+	const char *problem;
+	long long size;
+
+	if (!json_is_object(f) || json_object_size(f) != 2 || !json_is_string(path) ||
+	    !json_is_string(content))
+		return bad_file(e, i,
+		                "must be an object with exactly a string \"path\" and a "
+		                "string \"content\"");
+	problem =
+	    files_path_problem(json_string_value(path), json_string_length(path), &lim->files);
+	if (problem)
+		return err_set(e, 400, "invalid_request",
+		               "The file path \"%.200s\" %s; send a relative path of at most %zu "
+		               "bytes and %zu components, without '.', '..' or empty components.",
+		               json_string_value(path), problem, lim->files.path_max,
+		               lim->files.path_depth);
+	size = files_b64_size(json_string_value(content), json_string_length(content));
+	if (size < 0)
+		return err_set(e, 400, "invalid_request",
+		               "The content of \"%.200s\" is not standard base64 (A-Z, a-z, 0-9, "
+		               "'+', '/', '=' padding, no line breaks; e.g. `base64 -w0`).",
+		               json_string_value(path));
+	*total += (size_t)size;
+	return 0;
+}
+
+/* True when a and b name the same file, or one is a directory the other needs as a file. */
+static bool paths_clash(const json_t *a, const json_t *b)
+{
+	const char *pa = json_string_value(a), *pb = json_string_value(b);
+	size_t na = json_string_length(a), nb = json_string_length(b);
+	size_t n = na < nb ? na : nb;
+
+	return memcmp(pa, pb, n) == 0 && (na == nb || (na < nb ? pb : pa)[n] == '/');
+}
+
+static int check_files(const json_t *files, const struct api_limits *lim, size_t *total,
+                       struct err *e)
+{
+	size_t n = json_array_size(files);
+
+	if (!json_is_array(files))
+		return err_set(e, 400, "invalid_request",
+		               "\"files\" must be an array of objects like " FILE_EXAMPLE
+		               ", not %s.",
+		               json_kind(files));
+	if (n > lim->files.in_files)
+		return err_set(e, 413, "payload_too_large",
+		               "The request sends %zu files, over the cap of %zu "
+		               "(PYEXEC_INPUT_FILES); send fewer, for example one archive.",
+		               n, lim->files.in_files);
+	for (size_t i = 0; i < n; i++)
+		if (check_file(json_array_get(files, i), i, lim, total, e) < 0)
+			return -1;
+	for (size_t i = 0; i < n; i++)
+		for (size_t j = i + 1; j < n; j++) {
+			const json_t *a = json_object_get(json_array_get(files, i), "path");
+			const json_t *b = json_object_get(json_array_get(files, j), "path");
+			if (paths_clash(a, b))
+				return err_set(
+				    e, 400, "invalid_request",
+				    "The file paths \"%.200s\" and \"%.200s\" clash (the "
+				    "same file, or a file where a directory must be); send "
+				    "each path once.",
+				    json_string_value(a), json_string_value(b));
+		}
+	return 0;
+}
+
+/* The header line of the runner's input; NULL when out of memory. */
+static char *input_header(const json_t *files, size_t script_len, size_t stdin_len)
+{
+	json_t *list = json_array(), *h;
+	char *text;
+
+	for (size_t i = 0; list && i < json_array_size(files); i++) {
+		const json_t *f = json_array_get(files, i);
+		const json_t *content = json_object_get(f, "content");
+		long long size =
+		    files_b64_size(json_string_value(content), json_string_length(content));
+		json_array_append_new(list, json_pack("[O,I]", (json_t *)json_object_get(f, "path"),
+		                                      (json_int_t)size));
+	}
+	h = json_pack("{s:I,s:I,s:o}", "script", (json_int_t)script_len, "stdin",
+	              (json_int_t)stdin_len, "files", list);
+	text = h ? json_dumps(h, JSON_COMPACT) : NULL;
+	json_decref(h);
+	return text;
+}
+
+static int build_input(const json_t *files, const json_t *in, const struct api_limits *lim,
+                       struct job *job, struct err *e)
+{
+	size_t total = 0, stdin_len = in ? json_string_length(in) : 0, hlen;
+	char *header, *p;
+
+	if (in && !json_is_string(in))
+		return err_set(e, 400, "invalid_request",
+		               "\"stdin\" must be a string (the script's standard input), not %s.",
+		               json_kind(in));
+	if (files && check_files(files, lim, &total, e) < 0)
+		return -1;
+	if (total > lim->files.in_bytes || stdin_len > lim->files.in_bytes - total)
+		return err_set(
+		    e, 413, "payload_too_large",
+		    "The files and stdin hold %zu bytes together (decoded), over the cap "
+		    "of %zu (PYEXEC_INPUT_BYTES); send less data.",
+		    total + stdin_len, lim->files.in_bytes);
+	header = input_header(files, job->script_len, stdin_len);
+	if (!header)
+		return err_set(e, 500, "internal", "The server is out of memory; try again.");
+	hlen = strlen(header);
+	job->input_len = hlen + 1 + job->script_len + stdin_len + total;
+	job->input = p = malloc(job->input_len);
+	if (job->input) {
+		memcpy(p, header, hlen);
+		p[hlen] = '\n';
+		p += hlen + 1;
+		memcpy(p, job->script, job->script_len);
+		p += job->script_len;
+		if (stdin_len)
+			memcpy(p, json_string_value(in), stdin_len);
+		p += stdin_len;
+		for (size_t i = 0; i < json_array_size(files); i++) {
+			const json_t *c = json_object_get(json_array_get(files, i), "content");
+			files_b64_decode(json_string_value(c), json_string_length(c),
+			                 (unsigned char *)p);
+			p += files_b64_size(json_string_value(c), json_string_length(c));
+		}
+	}
+	free(header);
+	if (!job->input)
+		return err_set(e, 500, "internal", "The server is out of memory; try again.");
+	return 0;
+}
+
 static int parse_fields(json_t *root, const struct api_limits *lim, struct job *job, struct err *e)
 {
 	const char *key;
@@ -97,11 +248,12 @@ static int parse_fields(json_t *root, const struct api_limits *lim, struct job *
 
 	json_object_foreach(root, key, val)
 	{
-		if (strcmp(key, "script") != 0 && strcmp(key, "timeout") != 0)
+		if (strcmp(key, "script") != 0 && strcmp(key, "timeout") != 0 &&
+		    strcmp(key, "files") != 0 && strcmp(key, "stdin") != 0)
 			return err_set(
 			    e, 400, "invalid_request",
-			    "Unknown field \"%.64s\"; the accepted fields are \"script\" "
-			    "and \"timeout\".",
+			    "Unknown field \"%.64s\"; the accepted fields are \"script\", "
+			    "\"timeout\", \"files\" and \"stdin\".",
 			    key);
 	}
 	script = json_object_get(root, "script");
@@ -124,7 +276,8 @@ static int parse_fields(json_t *root, const struct api_limits *lim, struct job *
 	if (!job->script)
 		return err_set(e, 500, "internal", "The server is out of memory; try again.");
 	memcpy(job->script, json_string_value(script), job->script_len + 1);
-	return 0;
+	return build_input(json_object_get(root, "files"), json_object_get(root, "stdin"), lim, job,
+	                   e);
 }
 
 int api_request_parse(const char *body, size_t len, const struct api_limits *lim, struct job *job,
@@ -154,9 +307,27 @@ int api_request_parse(const char *body, size_t len, const struct api_limits *lim
 	return rc;
 }
 
+int api_job_script(const char *script, double timeout, struct job *job, struct err *e)
+{
+	static const struct api_limits none = {0};
+
+	memset(job, 0, sizeof(*job));
+	job->timeout = timeout;
+	job->script_len = strlen(script);
+	job->script = strdup(script);
+	if (!job->script)
+		return err_set(e, 500, "internal", "out of memory");
+	if (build_input(NULL, NULL, &none, job, e) < 0) {
+		api_job_free(job);
+		return -1;
+	}
+	return 0;
+}
+
 void api_job_free(struct job *job)
 {
 	free(job->script);
+	free(job->input);
 	memset(job, 0, sizeof(*job));
 }
 
@@ -262,12 +433,56 @@ static int too_large(struct response *r, const struct run_result *run, const str
 	return script_error(r, run, "result_too_large", msg, NULL);
 }
 
+/* Adds "files" to an answer's JSON object text (it ends with its closing brace). */
+static int add_files(struct response *r, json_t *files)
+{
+	char *text = json_dumps(files, JSON_COMPACT), *body;
+	size_t n;
+
+	json_decref(files);
+	if (!text || !r->body || r->len == 0 || r->body[r->len - 1] != '}') {
+		free(text);
+		return -1;
+	}
+	n = strlen(text);
+	body = realloc(r->body, r->len + n + 12);
+	if (!body) {
+		free(text);
+		return -1;
+	}
+	r->body = body;
+	r->len += (size_t)sprintf(body + r->len - 1, ",\"files\":%s}", text) - 1;
+	free(text);
+	return 0;
+}
+
 static int frame_response(struct response *r, const struct run_result *run,
                           const struct api_limits *lim)
 {
+	json_t *files = NULL;
 	struct frame f;
 	struct err e;
 	int rc;
+
+	/* A run that left nothing under output/ answers exactly as v1. */
+	if (run->files.len || run->files.truncated) {
+		files = run->files.truncated
+		            ? NULL
+		            : files_output_parse(run->files.data, run->files.len, &lim->files, &e);
+		if (run->files.truncated)
+			err_set(&e, 500, "internal", "the run's output records are over their cap");
+		if (!files && e.status == 422)
+			return script_error(r, run, e.code, e.message, NULL);
+		if (!files)
+			return api_error_response(r, 500, "internal",
+			                          "The server could not read the files the script "
+			                          "left; this is a problem with the server (the "
+			                          "server log has details).");
+		if (json_array_size(files) == 0) {
+			json_decref(files);
+			files = NULL;
+		}
+	}
 
 	if (frame_parse(run->chan.data, run->chan.len, &f, &e) < 0)
 		rc = script_error(r, run, "result_not_json",
@@ -284,6 +499,9 @@ static int frame_response(struct response *r, const struct run_result *run,
 	else
 		rc = script_error(r, run, f.code, f.message, f.traceback);
 	frame_free(&f);
+	if (files && rc == 0 && r->status != 500)
+		return add_files(r, files);
+	json_decref(files);
 	return rc;
 }
 

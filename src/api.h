@@ -7,6 +7,7 @@
 #include <stddef.h>
 
 #include "err.h"
+#include "files.h"
 #include "run.h"
 
 struct api_limits {
@@ -14,12 +15,18 @@ struct api_limits {
 	double max_timeout; /* largest a request may ask for */
 	size_t result_max;
 	unsigned long memory_mb;
+	struct files_limits files;
 };
 
 struct job {
 	char *script; /* owned, NUL-terminated (may also hold NULs) */
 	size_t script_len;
 	double timeout;
+	/* What the runner reads on its stdin: a JSON header line {"script": <bytes>, "stdin":
+	 * <bytes>, "files": [[<path>, <bytes>], ...]}, then the script, the stdin text and each
+	 * file's content, back to back. Owned. */
+	char *input;
+	size_t input_len;
 };
 
 struct response {
@@ -36,6 +43,8 @@ bool api_content_type_ok(const char *content_type);
 /* Validates a request body into job (released with api_job_free). */
 int api_request_parse(const char *body, size_t len, const struct api_limits *lim, struct job *job,
                       struct err *e);
+/* A job of script alone (no files, empty stdin), as the server's own checks send. */
+int api_job_script(const char *script, double timeout, struct job *job, struct err *e);
 void api_job_free(struct job *job);
 
 /* {"error": code, "message": message}. Returns -1 when out of memory. */

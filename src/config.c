@@ -64,8 +64,20 @@ static const struct setting settings[] = {
      "bytes of stdout kept per run"},
     {"result-max", "PYEXEC_RESULT_MAX", NUM(K_ULONG, result_max), "1048576",
      "bytes of JSON result allowed"},
-    {"body-max", "PYEXEC_BODY_MAX", NUM(K_ULONG, body_max), "1048576",
-     "bytes of request body allowed"},
+    {"body-max", "PYEXEC_BODY_MAX", NUM(K_ULONG, body_max), "16777216",
+     "bytes of request body allowed (room for PYEXEC_INPUT_BYTES as base64)"},
+    {"input-files", "PYEXEC_INPUT_FILES", NUM(K_ULONG, input_files), "64",
+     "files a request may send"},
+    {"input-bytes", "PYEXEC_INPUT_BYTES", NUM(K_ULONG, input_bytes), "8388608",
+     "decoded bytes of a request's files and stdin together"},
+    {"output-files", "PYEXEC_OUTPUT_FILES", NUM(K_ULONG, output_files), "64",
+     "files a run may leave under output/"},
+    {"output-bytes", "PYEXEC_OUTPUT_BYTES", NUM(K_ULONG, output_bytes), "8388608",
+     "bytes of the files a run leaves under output/, together"},
+    {"path-max", "PYEXEC_PATH_MAX", NUM(K_ULONG, path_max), "512",
+     "bytes of a file's path, sent or left"},
+    {"path-depth", "PYEXEC_PATH_DEPTH", NUM(K_ULONG, path_depth), "16",
+     "components of a file's path, sent or left"},
     {"max-connections", "PYEXEC_MAX_CONNECTIONS", NUM(K_ULONG, max_connections), "2048",
      "open HTTP connections at once"},
     {"concurrency", "PYEXEC_CONCURRENCY", NUM(K_ULONG, concurrency), "0",
@@ -255,6 +267,13 @@ static int config_defaults(struct config *c, struct err *e)
 		    "tmp-files >= 64 and max-files >= 16 are needed for Python to start");
 	if (c->stdout_max < 1 || c->result_max < 16 || c->body_max < 16)
 		return err_set(e, 0, "config", "stdout-max >= 1, result-max and body-max >= 16");
+	if (c->input_bytes > c->tmp_mb << 20 || c->output_bytes > 1UL << 30 ||
+	    c->output_files > 100000 || c->input_files > 100000 || c->path_max < 1 ||
+	    c->path_max > 4000 || c->path_depth < 1 || c->path_depth > 64)
+		return err_set(e, 0, "config",
+		               "file caps: input-bytes at most tmp-mb MiB (the inputs must fit the "
+		               "run's directory), output-bytes at most 1 GiB, input-files and "
+		               "output-files at most 100000, path-max 1-4000, path-depth 1-64");
 	return 0;
 }
 

@@ -33,6 +33,12 @@ struct config {
 	unsigned long stdout_max;
 	unsigned long result_max;
 	unsigned long body_max;
+	unsigned long input_files;  /* files a request may send */
+	unsigned long input_bytes;  /* their decoded bytes and stdin's, together */
+	unsigned long output_files; /* files a run may leave under output/ */
+	unsigned long output_bytes; /* their bytes together */
+	unsigned long path_max;     /* bytes of a file's path, in or out */
+	unsigned long path_depth;   /* its components */
 	unsigned long max_connections;
 	unsigned long concurrency;        /* runs at once; 0 at load means the number of CPUs */
 	unsigned long queue;              /* requests waiting for a slot before 429 */

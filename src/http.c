@@ -212,11 +212,12 @@ static long run_job(struct http *h, const struct job *job, int client_fd, struct
 {
 	const struct config *c = h->cfg;
 	struct run_spec spec = {
-	    .script = job->script,
-	    .script_len = job->script_len,
+	    .script = job->input,
+	    .script_len = job->input_len,
 	    .timeout = job->timeout,
 	    .stdout_max = c->stdout_max,
 	    .chan_max = c->result_max + FRAME_HEADER_MAX + 1, /* + the header's newline */
+	    .files = &h->lim.files,
 	    .cancel_fds = {client_fd, h->stop_fd},
 	    .reaped = jail_reaped,
 	    .reaped_ctx = h->jail,
@@ -226,9 +227,10 @@ static long run_job(struct http *h, const struct job *job, int client_fd, struct
 	struct run_result run;
 
 	if (busy) {
-		api_error_response(r, 429, "busy",
-		                   "Every run identity is in use or still being cleaned; retry after "
-		                   "the time in Retry-After.");
+		api_error_response(
+		    r, 429, "busy",
+		    "Every run identity is in use or still being cleaned; retry after "
+		    "the time in Retry-After.");
 		return -1;
 	}
 	if (!sb) {
@@ -650,17 +652,20 @@ static bool probe_answer_ok(const struct response *r, enum jail_tier tier)
  * request. A second try absorbs a start that was only slow. */
 static bool self_check(struct http *h)
 {
-	struct job job = {
-	    .script = (char *)PROBE_SCRIPT, .script_len = strlen(PROBE_SCRIPT), .timeout = 5};
+	struct job job;
+	struct err e;
 	double t0 = run_now();
 	bool ok = false;
 
+	if (api_job_script(PROBE_SCRIPT, 5, &job, &e) < 0)
+		return false;
 	for (int i = 0; i < 2 && !ok; i++) {
 		struct response r = {0};
 		run_job(h, &job, -1, &r, "self-check");
 		ok = probe_answer_ok(&r, h->tier);
 		api_response_free(&r);
 	}
+	api_job_free(&job);
 	log_json(ok ? "INFO" : "WARNING",
 	         json_pack("{s:b,s:s,s:f}", "ok", ok, "tier", jail_tier_name(h->tier), "durationMs",
 	                   (run_now() - t0) * 1e3),
@@ -759,7 +764,14 @@ static int parse_addr(const struct config *c, struct sockaddr_in *sa, struct err
 static int http_parts(struct http *h, const struct config *c, struct err *e)
 {
 	h->cfg = c;
-	h->lim = (struct api_limits){c->timeout, c->max_timeout, c->result_max, c->memory_mb};
+	h->lim = (struct api_limits){
+	    c->timeout,
+	    c->max_timeout,
+	    c->result_max,
+	    c->memory_mb,
+	    {c->input_files, c->input_bytes, c->output_files, c->output_bytes, c->path_max,
+	     c->path_depth},
+	};
 	h->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	h->metrics = metrics_new();
 	h->admit = admit_new((unsigned)c->concurrency, (unsigned)c->queue);

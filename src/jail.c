@@ -229,6 +229,9 @@ static int jail_build(struct args *a, const struct jail *j, const struct config 
 	rc |= jail_add(a, "%d", JAIL_STATUS_FD);
 	rc |= jail_add(a, "%lu", c->result_max);
 	rc |= jail_add(a, "%s", for_pool ? c->preload : "");
+	/* The caps of what a run may leave under output/, which the init collects (tier full). */
+	rc |= jail_add(a, "%lu,%lu,%lu,%lu", c->output_files, c->output_bytes, c->path_max,
+	               c->path_depth);
 	return rc ? -1 : 0;
 }
 

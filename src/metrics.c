@@ -22,6 +22,8 @@ static const char *const outcomes[] = {
     "exception",
     "result_not_json",
     "result_too_large",
+    "output_too_large",
+    "invalid_output",
     "timeout",
     "memory_limit",
     "killed",

@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <math.h>
 #include <poll.h>
 #include <pthread.h>
@@ -14,6 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "outdir.h"
 #include "spawn.h"
 
 #define READY_LINE "READY\n"
@@ -32,6 +34,7 @@ struct sandbox {
 	char tag[32];
 	pid_t procs[4]; /* nsjail, the jail's init, the runner: known once ready */
 	unsigned nprocs;
+	char dir[PATH_MAX]; /* restricted tier: the run's working directory */
 };
 
 /* State of one run after the hand-over. */
@@ -42,9 +45,10 @@ struct io {
 	size_t in_off;
 	bool killed;
 	double deadline;
-	char status[16]; /* the init's line: the script process's exit code */
-	size_t status_len;
-	int init_status; /* -1 until the line is complete */
+	/* The init's report: "<exit code> <n>\n", then n bytes of output records (files.h). */
+	struct buf status;
+	size_t records_at; /* where the records start, once the line is complete */
+	int init_status;   /* -1 until the whole report is in */
 };
 
 double run_now(void)
@@ -108,6 +112,8 @@ struct sandbox *sandbox_start(char *const *argv, const char *tag, const struct s
 	sb->started_at = run_now();
 	sb->pid = -1;
 	sb->uid = user ? user->uid : 0;
+	if (user)
+		snprintf(sb->dir, sizeof(sb->dir), "%s", user->dir);
 	for (i = 0; i < SPAWN_FDS; i++)
 		p[i][0] = p[i][1] = *mine[i] = -1;
 	for (i = 0; i < SPAWN_FDS && pipe_pair(p[i], parent_end[i]) == 0; i++)
@@ -231,25 +237,38 @@ int sandbox_wait_ready(struct sandbox *sb, double seconds)
 	}
 }
 
-/* The init writes one line, "<exit code>\n", once the script's process is gone. */
+/* The init writes "<exit code> <n>\n" and n bytes of records once the script's process is
+ * gone (and, in tier full, every other process of the jail). Returns 1 when the report is
+ * complete or cannot be one. */
 static int read_status(struct io *io)
 {
-	ssize_t n = read(io->sb->status, io->status + io->status_len,
-	                 sizeof(io->status) - 1 - io->status_len);
-	char *end;
+	char chunk[65536], *nl, *end;
+	ssize_t n = read(io->sb->status, chunk, sizeof(chunk));
 	long code;
+	unsigned long long len;
 
 	if (n < 0)
 		return errno == EAGAIN || errno == EINTR ? 0 : 1;
-	if (n == 0)
+	if (n == 0 || io->status.truncated)
 		return 1;
-	io->status_len += (size_t)n;
-	io->status[io->status_len] = '\0';
-	if (!memchr(io->status, '\n', io->status_len))
-		return io->status_len == sizeof(io->status) - 1; /* no line: give up on it */
-	code = strtol(io->status, &end, 10);
-	if (end != io->status && *end == '\n' && code >= 0 && code < 256)
-		io->init_status = (int)code;
+	buf_append(&io->status, chunk, (size_t)n);
+	nl = memchr(io->status.data, '\n', io->status.len);
+	if (!nl)
+		return io->status.len > 32; /* no line: give up on it */
+	code = strtol(io->status.data, &end, 10);
+	if (end == io->status.data || *end != ' ' || code < 0 || code > 255)
+		return 1;
+	len = strtoull(end + 1, &end, 10);
+	if (end != nl || end[-1] < '0' || end[-1] > '9')
+		return 1;
+	io->records_at = (size_t)(nl + 1 - io->status.data);
+	if (len > io->status.limit - io->records_at || io->status.truncated)
+		return 1;
+	if (io->status.len - io->records_at < len)
+		return 0;
+	if (io->status.len - io->records_at > len)
+		return 1; /* more than it announced */
+	io->init_status = (int)code;
 	return 1;
 }
 
@@ -468,6 +487,26 @@ void sandbox_reaper_drain(double seconds)
 	pthread_mutex_unlock(&reap_mu);
 }
 
+/* What the script left under output/, once no process of it is left: in tier full the init's
+ * records (it killed the jail's other processes before its walk); in the restricted tier, where
+ * the init cannot end the rest of the run without ending nsjail, the server kills every task
+ * of the run's uid and walks the run's directory itself. */
+static void collect_files(struct io *io)
+{
+	struct sandbox *sb = io->sb;
+
+	if (!sb->uid) {
+		buf_append(&io->r->files, io->status.data + io->records_at,
+		           io->status.len - io->records_at);
+		return;
+	}
+	/* The restricted tier has no namespace whose end ends every process: every task of the
+	 * run's uid is gone before the answer (the kernel's kill, then a scan of every task). */
+	spawn_kill_user(sb->uid);
+	if (io->spec->files)
+		outdir_collect(sb->dir, sb->uid, io->spec->files, &io->r->files);
+}
+
 void sandbox_run(struct sandbox *sb, const struct run_spec *s, struct run_result *r)
 {
 	struct io io = {.sb = sb, .spec = s, .r = r, .init_status = -1};
@@ -476,6 +515,8 @@ void sandbox_run(struct sandbox *sb, const struct run_spec *s, struct run_result
 	memset(r, 0, sizeof(*r));
 	buf_init(&r->out, s->stdout_max);
 	buf_init(&r->chan, s->chan_max);
+	buf_init(&r->files, s->files ? files_records_max(s->files) : 0);
+	buf_init(&io.status, 64 + r->files.limit);
 	r->ready = true;
 	r->end = RUN_EXITED;
 	io.deadline = handover + s->timeout;
@@ -496,8 +537,9 @@ void sandbox_run(struct sandbox *sb, const struct run_spec *s, struct run_result
 	r->exec_ms = (long)((run_now() - handover) * 1000);
 	/* The restricted tier has no namespace whose end ends every process: every task of the
 	 * run's uid is gone before the answer (the kernel's kill, then a scan of every task). */
-	if (io.init_status == 0 && !io.killed && sb->uid)
-		spawn_kill_user(sb->uid);
+	if (io.init_status == 0 && !io.killed)
+		collect_files(&io);
+	buf_free(&io.status);
 	if (io.init_status == 0 && !io.killed && reap_later(sb, s)) {
 		r->exit_code = 0;
 		memcpy(r->tag, sb->tag, sizeof(r->tag));
@@ -540,5 +582,6 @@ void sandbox_destroy(struct sandbox *sb, struct run_result *r)
 void run_result_free(struct run_result *r)
 {
 	buf_free(&r->out);
+	buf_free(&r->files);
 	buf_free(&r->chan);
 }

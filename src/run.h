@@ -8,6 +8,7 @@
 
 #include "buf.h"
 #include "err.h"
+#include "files.h"
 #include "spawn.h"
 
 enum run_end {
@@ -20,11 +21,14 @@ enum run_end {
 struct run_result;
 
 struct run_spec {
-	const char *script;
+	const char *script; /* what the runner reads on stdin: api.h's job input */
 	size_t script_len;
 	double timeout; /* seconds, counted from the hand-over */
 	size_t stdout_max;
-	size_t chan_max;   /* bytes of result channel kept after the ready line */
+	size_t chan_max; /* bytes of result channel kept after the ready line */
+	/* What a run may leave under output/ (files.h); the records of the init, or of the
+	 * server's own walk in the restricted tier, are capped by it. */
+	const struct files_limits *files;
 	int cancel_fds[2]; /* -1 or descriptors whose hang-up or readability cancels the run */
 	/* Called from the reaper thread once a cleanly finished jail is gone (r has the tag). */
 	void (*reaped)(void *ctx, struct run_result *r);
@@ -37,6 +41,7 @@ struct run_result {
 	int exit_code; /* nsjail's: the script's code, or 128 + signal */
 	struct buf out;
 	struct buf chan;   /* result channel after the ready line */
+	struct buf files;  /* records of what the script left under output/ (files.h) */
 	long exec_ms;      /* from hand-over to end */
 	char tag[32];      /* the sandbox's tag (its cgroup name) */
 	uid_t uid;         /* restricted tier: the run's uid (0 otherwise), to give back */

@@ -11,7 +11,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-	static const struct api_limits lim = {10, 60, 1 << 20, 512};
+	static const struct api_limits lim = {10, 60, 1 << 20, 512, {4, 4096, 4, 4096, 64, 4}};
 	const uint8_t *nl = memchr(data, '\n', size);
 	size_t ct_len = nl ? (size_t)(nl - data) : 0;
 	char *ct = malloc(ct_len + 1);

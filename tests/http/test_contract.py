@@ -250,7 +250,7 @@ def test_invalid_request(server, payload):
     expect_error(server.post_json("/execute", payload), 400, "invalid_request")
 
 
-@pytest.mark.parametrize("field", ["scirpt", "timeuot", "stdin"])
+@pytest.mark.parametrize("field", ["scirpt", "timeuot", "stdni", "file"])
 def test_unknown_field_named_in_message(server, field):
     payload = {"script": OK_SCRIPT, field: "x"} if field != "scirpt" else {"scirpt": OK_SCRIPT}
     body = expect_error(server.post_json("/execute", payload), 400, "invalid_request")
@@ -324,7 +324,8 @@ def test_payload_too_large_small_cap(small_server):
 
 
 def test_payload_too_large_default_cap(server):
-    script = "def main():\n    return 1\n" + "#" * (3 * 1024 * 1024 // 2) + "\n"
+    # The default cap is 16 MiB: room for PYEXEC_INPUT_BYTES (8 MiB) as base64.
+    script = "def main():\n    return 1\n" + "#" * (17 * 1024 * 1024) + "\n"
     expect_error(server.execute(script), 413, "payload_too_large")
     assert server.get("/healthz").status == 200
 

@@ -478,6 +478,33 @@ static void static_files(void **state)
 	assert_null(static_find("", true));
 }
 
+/* The file caps: defaults that take a few MB of CSV, and settings that cannot work refused. */
+static void config_file_caps(void **state)
+{
+	struct config c;
+	struct err e;
+	char *argv[] = {"pyexecd", NULL};
+	char *too_big[] = {"pyexecd", "--tmp-mb", "4", "--input-bytes", "5000000", NULL};
+	char *no_depth[] = {"pyexecd", "--path-depth", "0", NULL};
+	char *no_path[] = {"pyexecd", "--path-max", "0", NULL};
+
+	(void)state;
+	assert_int_equal(config_load(&c, 1, argv, &e), 0);
+	assert_int_equal(c.input_bytes, 8 << 20);
+	assert_int_equal(c.output_bytes, 8 << 20);
+	assert_true(c.body_max >= c.input_bytes / 3 * 4 + (1 << 20)); /* base64 and a script */
+	assert_int_equal(c.input_files, 64);
+	assert_int_equal(c.output_files, 64);
+	assert_int_equal(c.path_max, 512);
+	assert_int_equal(c.path_depth, 16);
+	assert_int_equal(config_load(&c, 5, too_big, &e), -1);
+	assert_non_null(strstr(e.message, "input-bytes"));
+	assert_int_equal(config_load(&c, 3, no_depth, &e), -1);
+	assert_non_null(strstr(e.message, "path-depth"));
+	assert_int_equal(config_load(&c, 3, no_path, &e), -1);
+	assert_non_null(strstr(e.message, "path-max"));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -497,9 +524,10 @@ int main(void)
 	    cmocka_unit_test(frame_header_needs_newline),
 	    cmocka_unit_test(config_env_and_flags),
 	    cmocka_unit_test(config_isolation),
+	    cmocka_unit_test(config_file_caps),
 	    cmocka_unit_test(json_check_grammar),
 	    cmocka_unit_test(frame_then_death_not_trusted),
 	};
 	int failed = cmocka_run_group_tests(tests, NULL, NULL);
-	return failed + unit_rmtree();
+	return failed + unit_rmtree() + unit_files();
 }

@@ -3,5 +3,6 @@
 #define PYEXEC_UNIT_H
 
 int unit_rmtree(void);
+int unit_files(void);
 
 #endif
