@@ -1,4 +1,4 @@
-"""Files in and out (issue 15): "files" and "stdin" in the request, the regular files a script
+"""Files in and out: "files" and "stdin" in the request, the regular files a script
 leaves under output/ as "files" in the answer, and every cap and refusal on the way."""
 
 import base64

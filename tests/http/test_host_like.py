@@ -1,4 +1,4 @@
-"""What every Linux host gives a Python script, given inside the jail on purpose (issue 18), and
+"""What every Linux host gives a Python script, given inside the jail on purpose, and
 the sandbox's promises kept by each addition: /dev/shm, localhost, /bin/sh and the POSIX tools,
 the user and group files, terminals, /dev/std*, /etc/services, Debian's sitecustomize and the
 packages installed beside numpy and pandas. docs/security.md, "What a script sees", lists them;
@@ -34,6 +34,7 @@ def concurrently(*calls):
 
 # --- /dev/shm: multiprocessing ------------------------------------------------------------
 
+@pytest.mark.full_tier_only("multiprocessing's locks are POSIX semaphores, files in the host's shared /dev/shm, which the restricted tier closes to runs (Landlock) rather than let one run fill it for the others")
 def test_multiprocessing_and_process_pool_work(server):
     script = '''
 import concurrent.futures, multiprocessing
@@ -55,7 +56,7 @@ def main():
     check_healthy(server)
 
 
-@pytest.mark.full_tier_only("the run has no mount namespace: /dev/shm is the host's (issue 10 decides it)")
+@pytest.mark.full_tier_only("the run has no mount namespace: /dev/shm is the host's, closed to runs (Landlock)")
 def test_dev_shm_is_capped_private_and_gone_with_the_run(server_factory):
     srv = server_factory(PYEXEC_TMP_MB="16")
     fill = '''
@@ -218,10 +219,11 @@ def main():
 
 def test_archives_with_root_as_owner(server):
     script = '''
-import shutil, tarfile
+import shutil, tarfile, tempfile
 def main():
-    open("/tmp/f.txt", "w").write("x")
-    name = shutil.make_archive("/tmp/a", "gztar", "/tmp", "f.txt", owner="root", group="root")
+    tmp = tempfile.gettempdir()
+    open(f"{tmp}/f.txt", "w").write("x")
+    name = shutil.make_archive(f"{tmp}/a", "gztar", tmp, "f.txt", owner="root", group="root")
     with tarfile.open(name) as t:
         return [[m.uname, m.gname] for m in t.getmembers()]
 '''
@@ -243,7 +245,7 @@ def main():
     check_healthy(server)
 
 
-@pytest.mark.full_tier_only("the run has no mount namespace: /dev/pts is the host's (issue 10 decides it)")
+@pytest.mark.full_tier_only("the run has no mount namespace: /dev/pts is the host's, where other runs can list (not open) its terminals")
 def test_a_runs_terminals_are_its_own(server):
     hold = '''
 import os, pty, time

@@ -1,5 +1,5 @@
 """Restricted tier: nothing of a run outlives it, reaches a later run of the same uid, or makes
-other runs pay for its clean-up (issue 10). Each case starts servers of its own on this host.
+other runs pay for its clean-up. Each case starts servers of its own on this host.
 
 Three hosts are stood in for: this one (Landlock, the server may mount a tmpfs per run); Docker's
 default profile (the server may not mount: run directories are plain directories); and gVisor

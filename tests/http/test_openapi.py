@@ -128,7 +128,8 @@ PROVOKED = {
     (200, None), (400, "invalid_json"), (400, "invalid_request"), (404, "not_found"),
     (405, "method_not_allowed"), (413, "payload_too_large"), (415, "unsupported_media_type"),
     (422, "syntax_error"), (422, "no_main"), (422, "main_not_callable"), (422, "exception"),
-    (422, "result_not_json"), (422, "result_too_large"), (422, "timeout"),
+    (422, "result_not_json"), (422, "result_too_large"), (422, "output_too_large"),
+    (422, "invalid_output"), (422, "timeout"),
     (422, "memory_limit"), (422, "killed"), (429, "busy"), (500, "internal"),
     (503, "shutting_down"),
 }
@@ -166,6 +167,31 @@ def test_200_and_truncated_stdout(server, small_server):
     assert resp.status == 200 and body == {"result": {"a": [1, 2.5]}, "stdout": "hi\n"}, resp
     resp, body = execute(small_server, "def main():\n    print('x' * 500)\n    return 1\n")
     assert resp.status == 200 and resp.header("X-Stdout-Truncated") == "true", resp
+
+
+def test_files_in_and_out(server, small_server):
+    """A request with files and stdin, an answer with files, and the two output errors."""
+    script = ("import os, sys\n"
+              "def main():\n"
+              "    os.makedirs('output/sub')\n"
+              "    open('output/sub/out.csv', 'w').write(open('in.csv').read() + sys.stdin.read())\n"
+              "    return 1\n")
+    request = {"script": script, "stdin": "b,2\n",
+               "files": [{"path": "in.csv", "content": "YSwxCg=="}]}
+    validate(request, resolve(DOC["components"]["schemas"]["ExecuteRequest"]), "request")
+    resp = server.post_json("/execute", request)
+    body = check(resp, "POST", "/execute")
+    assert resp.status == 200 and body["files"] == [
+        {"path": "sub/out.csv", "content": "YSwxCmIsMgo="}], resp
+    bad_name = ("import os\ndef main():\n    os.mkdir('output')\n"
+                "    open(b'output/\\xff', 'w').write('x')\n    return 1\n")
+    resp, body = execute(server, bad_name)
+    assert resp.status == 422 and body["error"] == "invalid_output", resp
+    too_many = ("import os\ndef main():\n    os.mkdir('output')\n"
+                "    for i in range(100):\n        open(f'output/{i}', 'w').write('x')\n"
+                "    return 1\n")
+    resp, body = execute(small_server, too_many)
+    assert resp.status == 422 and body["error"] == "output_too_large", resp
 
 
 def test_request_id_echoed(server):

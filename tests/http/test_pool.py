@@ -54,6 +54,15 @@ def metrics(srv):
     return values
 
 
+def alive(pid):
+    """True while pid exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
 def jail_runner_pids(srv):
     """Pids of the runner processes of srv's jails (seen from the host's /proc)."""
     parents = {}
@@ -160,6 +169,11 @@ def test_killed_ready_jail_is_replaced_not_used(server_factory):
     assert len(victims) >= 2, f"expected the ready jails' runners, found {victims}"
     for pid in victims:
         os.kill(pid, signal.SIGKILL)
+    # kill() returns before the kernel has ended them: wait until they are dead (gone, or a
+    # zombie), no longer, so the server cannot have heard of it yet.
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(alive(pid) for pid in victims):
+        time.sleep(0.001)
     # Immediately: the request must not get a dead jail.
     expect_result(srv.execute("def main():\n    return 'fresh'\n"), "fresh")
     wait_ready(srv, 2)
