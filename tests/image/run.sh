@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Image test: build the Docker image, check its size against the budget, start it with the
+# Image test: build the Docker image, check its size against the budget, check that every
+# module that imports from Debian's packages still imports in it, start it with the
 # README's run command (adapted to a host without a bridge network: --network host and a free
 # PORT), wait for /healthz, run the black-box HTTP suite (tests/http) against the container,
 # then check that it stops cleanly on SIGTERM. The container is removed on every exit.
@@ -19,7 +20,7 @@ cd "$(dirname "$0")/../.."
 
 image=${PYEXEC_IMAGE:-pyexec:image-test}
 python=${PYTHON:-/usr/bin/python3}
-budget_mb=250
+budget_mb=150
 name="pyexec-image-test-$$"
 log=$(mktemp /tmp/pyexec-image-test.XXXXXX.log)
 log_pid=
@@ -36,10 +37,10 @@ trap cleanup EXIT
 
 # --- build ------------------------------------------------------------------------------------
 build_args=()
-if [[ -n ${NSJAIL_BINARY:-} ]]; then
-	build_args+=(--build-arg "NSJAIL_BINARY=$NSJAIL_BINARY")
+if [[ -n ${NSJAIL_SOURCE:-} ]]; then
+	build_args+=(--build-arg "NSJAIL_SOURCE=$NSJAIL_SOURCE")
 fi
-say "building $image${NSJAIL_BINARY:+ with NSJAIL_BINARY=$NSJAIL_BINARY}"
+say "building $image${NSJAIL_SOURCE:+ with NSJAIL_SOURCE=$NSJAIL_SOURCE}"
 docker build --network host "${build_args[@]}" -t "$image" .
 
 # --- size -------------------------------------------------------------------------------------
