@@ -57,7 +57,8 @@ say "size: $size bytes ($size_mb MB; budget $budget_mb MB)"
 # The Dockerfile's "packages" stage is Debian's python3, numpy and pandas before the image's
 # clean-up (scripts/image-rootfs); tests/image/imports.py lists what imports in each.
 say "comparing importable modules with the packages stage"
-docker build --network host -q --target packages -t "$image-packages" . >/dev/null
+# (The classic builder builds the stages before the target too: same arguments, all cached.)
+docker build --network host -q "${build_args[@]}" --target packages -t "$image-packages" . >/dev/null
 imports() {
 	docker run --rm --network none --entrypoint /usr/bin/python3 \
 		-v "$PWD/tests/image/imports.py:/tmp/imports.py:ro" "$1" /tmp/imports.py
