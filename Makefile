@@ -134,7 +134,8 @@ browser-test: build/pyexecd
 .PHONY: browser-test
 
 # Builds the Docker image, checks its size, and runs the black-box suite against a container
-# of it (tests/image/run.sh; needs a Docker engine; NSJAIL_BINARY=path passes a local nsjail).
+# of it (tests/image/run.sh; needs a Docker engine; NSJAIL_SOURCE=path builds nsjail from that
+# source archive in the build context instead of its tag).
 image-test:
 	tests/image/run.sh
 

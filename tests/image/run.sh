@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Image test: build the Docker image, check its size against the budget, start it with the
+# Image test: build the Docker image, check its size against the budget, check that every
+# module that imports from Debian's packages still imports in it, start it with the
 # README's run command (adapted to a host without a bridge network: --network host and a free
 # PORT), wait for /healthz, run the black-box HTTP suite (tests/http) against the container,
 # then check that it stops cleanly on SIGTERM. The container is removed on every exit.
@@ -7,8 +8,9 @@
 #   tests/image/run.sh [PYTEST ARGS...]          (or: make image-test)
 #
 # Environment:
-#   NSJAIL_BINARY   passed to `docker build --build-arg NSJAIL_BINARY=...` (a locally built
-#                   nsjail inside the build context, for hosts that cannot reach GitHub)
+#   NSJAIL_SOURCE   passed to `docker build --build-arg NSJAIL_SOURCE=...`: nsjail's source
+#                   archive inside the build context (e.g. .local/nsjail-3.6-src.tar.gz), for
+#                   hosts that cannot reach GitHub
 #   PYEXEC_IMAGE    image tag to build and test (default pyexec:image-test)
 #   PYTHON          interpreter for pytest (default /usr/bin/python3)
 #   PYEXEC_RUN_FLAGS  the privilege flags for `docker run` (default: the README's)
@@ -19,7 +21,7 @@ cd "$(dirname "$0")/../.."
 
 image=${PYEXEC_IMAGE:-pyexec:image-test}
 python=${PYTHON:-/usr/bin/python3}
-budget_mb=250
+budget_mb=150
 name="pyexec-image-test-$$"
 log=$(mktemp /tmp/pyexec-image-test.XXXXXX.log)
 log_pid=
@@ -36,10 +38,10 @@ trap cleanup EXIT
 
 # --- build ------------------------------------------------------------------------------------
 build_args=()
-if [[ -n ${NSJAIL_BINARY:-} ]]; then
-	build_args+=(--build-arg "NSJAIL_BINARY=$NSJAIL_BINARY")
+if [[ -n ${NSJAIL_SOURCE:-} ]]; then
+	build_args+=(--build-arg "NSJAIL_SOURCE=$NSJAIL_SOURCE")
 fi
-say "building $image${NSJAIL_BINARY:+ with NSJAIL_BINARY=$NSJAIL_BINARY}"
+say "building $image${NSJAIL_SOURCE:+ with NSJAIL_SOURCE=$NSJAIL_SOURCE}"
 docker build --network host "${build_args[@]}" -t "$image" .
 
 # --- size -------------------------------------------------------------------------------------
@@ -50,6 +52,27 @@ if (( size > budget_mb * 1000000 )); then
 	exit 1
 fi
 say "size: $size bytes ($size_mb MB; budget $budget_mb MB)"
+
+# --- imports: every module importable from Debian's packages still imports in the image ------
+# The Dockerfile's "packages" stage is Debian's python3, numpy and pandas before the image's
+# clean-up (scripts/image-rootfs); tests/image/imports.py lists what imports in each.
+say "comparing importable modules with the packages stage"
+# (The classic builder builds the stages before the target too: same arguments, all cached.)
+docker build --network host -q "${build_args[@]}" --target packages -t "$image-packages" . >/dev/null
+imports() {
+	docker run --rm --network none --entrypoint /usr/bin/python3 \
+		-v "$PWD/tests/image/imports.py:/tmp/imports.py:ro" "$1" /tmp/imports.py
+}
+before=$(imports "$image-packages" | LC_ALL=C sort)
+after=$(imports "$image" | LC_ALL=C sort)
+lost=$(LC_ALL=C comm -23 <(echo "$before") <(echo "$after"))
+say "importable modules: $(wc -l <<<"$before") from the packages, $(wc -l <<<"$after") in the image" \
+	"($(grep -c '^numpy' <<<"$after") of numpy, $(grep -c '^pandas' <<<"$after") of pandas)"
+if [[ -n $lost ]]; then
+	say "FAIL: these modules import from Debian's packages but not in the image:"
+	echo "$lost" >&2
+	exit 1
+fi
 
 # --- run: the README's command, with --network host and a free port -------------------------
 port=$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')

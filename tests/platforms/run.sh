@@ -16,7 +16,7 @@
 # --gvisor does that: Debian's runsc with --network=host --ignore-cgroups). Containers use
 # --network host, and every request goes to 127.0.0.1.
 #
-# Environment: NSJAIL_BINARY, PYEXEC_IMAGE, PYTHON as for tests/image/run.sh;
+# Environment: NSJAIL_SOURCE, PYEXEC_IMAGE, PYTHON as for tests/image/run.sh;
 # PYEXEC_SKIP_BUILD=1 tests the image already tagged PYEXEC_IMAGE.
 # Cases the restricted tier does not give are skipped by name with the reason from
 # docs/security.md's tier table (pytest -rs lists them); nothing else may be skipped silently.
@@ -47,8 +47,8 @@ fi
 
 if [[ ${PYEXEC_SKIP_BUILD:-} != 1 ]]; then
 	build_args=()
-	if [[ -n ${NSJAIL_BINARY:-} ]]; then
-		build_args+=(--build-arg "NSJAIL_BINARY=$NSJAIL_BINARY")
+	if [[ -n ${NSJAIL_SOURCE:-} ]]; then
+		build_args+=(--build-arg "NSJAIL_SOURCE=$NSJAIL_SOURCE")
 	fi
 	say "building $image"
 	docker build --network host "${build_args[@]}" -t "$image" . >"$logdir/build.log" 2>&1 ||
