@@ -67,6 +67,10 @@ struct http {
 	json_t *iso_report;  /* what tier_choose learned, shown by /healthz */
 	atomic_bool shutting_down;
 	atomic_uint answering; /* /execute requests whose answer is not yet sent */
+	/* Request bodies held in memory, and how much they may hold together: many half-sent
+	 * bodies must not take the server's memory. */
+	atomic_size_t body_bytes;
+	size_t body_budget;
 	atomic_uint workers;   /* request threads still running (they hold suspended connections) */
 	int stop_fd;           /* eventfd, readable once in-flight runs must stop */
 	struct api_limits lim;
@@ -80,7 +84,9 @@ struct request {
 	struct http *h;
 	bool counted;    /* in h->answering */
 	bool over;       /* the body is over PYEXEC_BODY_MAX: read and discarded, then a 413 */
+	bool shed;       /* the bodies held by all requests reached their budget: then a 429 */
 	size_t received; /* body bytes so far */
+	size_t held;     /* of them, counted in h->body_bytes */
 	char id[65];
 	double t0;
 	/* /execute waits for a slot and runs on a thread of its own while its connection is
@@ -485,6 +491,27 @@ static enum MHD_Result too_large(struct http *h, struct MHD_Connection *conn, co
 	return respond_error(conn, "POST", url, rq, 413, "payload_too_large", msg, no_header);
 }
 
+static enum MHD_Result shed(struct http *h, struct MHD_Connection *conn, const char *url,
+                            struct request *rq)
+{
+	metrics_run(h->metrics, "busy", -1);
+	return respond_error(conn, "POST", url, rq, 429, "busy",
+	                     "The server holds as many request bodies as it may; retry after the "
+	                     "time in Retry-After.",
+	                     (struct header){"Retry-After", "1"});
+}
+
+/* Counts n more body bytes against the budget; false when they do not fit. */
+static bool body_hold(struct http *h, struct request *rq, size_t n)
+{
+	if (atomic_fetch_add(&h->body_bytes, n) + n > h->body_budget) {
+		atomic_fetch_sub(&h->body_bytes, n);
+		return false;
+	}
+	rq->held += n;
+	return true;
+}
+
 static enum MHD_Result serve_static(struct MHD_Connection *conn, const char *method,
                                     const char *url, struct request *rq,
                                     const struct static_file *f)
@@ -602,15 +629,19 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 	if (*data_size) {
 		rq->received += *data_size;
 		rq->over = rq->over || rq->received > h->cfg->body_max;
-		if (rq->over ? drain_over(h, rq) : body_late(h, rq))
+		rq->shed = rq->shed || (!rq->over && !body_hold(h, rq, *data_size));
+		/* Read and thrown away, so that its client sees the answer (see DRAIN_MAX). */
+		if (rq->over || rq->shed ? drain_over(h, rq) : body_late(h, rq))
 			return MHD_NO;
-		if (!rq->over && buf_append(&rq->body, data, *data_size) < 0)
+		if (!rq->over && !rq->shed && buf_append(&rq->body, data, *data_size) < 0)
 			return MHD_NO;
 		*data_size = 0;
 		return MHD_YES;
 	}
 	if (rq->over)
 		return too_large(h, conn, url, rq);
+	if (rq->shed)
+		return shed(h, conn, url, rq);
 	return execute(h, conn, url, rq);
 }
 
@@ -625,6 +656,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **state,
 	if (rq->counted)
 		atomic_fetch_sub(&rq->h->answering, 1);
 	api_response_free(&rq->r);
+	atomic_fetch_sub(&rq->h->body_bytes, rq->held);
 	buf_free(&rq->body);
 	free(rq);
 	*state = NULL;
@@ -764,6 +796,8 @@ static int parse_addr(const struct config *c, struct sockaddr_in *sa, struct err
 static int http_parts(struct http *h, const struct config *c, struct err *e)
 {
 	h->cfg = c;
+	/* Room for every run and queue place, and a few bodies still arriving. */
+	h->body_budget = (c->concurrency + c->queue + 4) * (c->body_max + 1);
 	h->lim = (struct api_limits){
 	    c->timeout,
 	    c->max_timeout,

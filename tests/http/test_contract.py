@@ -715,3 +715,31 @@ def test_endless_chunked_body_is_cut_off(small_server):
         sock.close()
     assert closed, f"the server read {sent} bytes of an endless body"
     check_healthy(small_server)
+
+
+def test_half_sent_bodies_cannot_take_the_servers_memory(server_factory):
+    """Bodies held in memory have a budget ((concurrency + queue + 4) x PYEXEC_BODY_MAX): past
+    it a new body is read and thrown away and answered 429, until the held ones go."""
+    if external_url():
+        pytest.skip("starts a server with small caps of its own")
+    srv = server_factory(PYEXEC_BODY_MAX="100000", PYEXEC_CONCURRENCY="1", PYEXEC_QUEUE="0")
+    big = "#" * 40000 + "\ndef main():\n    return 1\n"
+    stalled = []
+    try:
+        for _ in range(6):  # 5 x 99 999 bytes held leave no room in the budget of 5 x 100 001
+            sock = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+            sock.sendall(b"POST /execute HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 100000\r\n\r\n" + b" " * 99999)
+            stalled.append(sock)
+        time.sleep(0.5)
+        # Bigger than what the server's HTTP library may still hold of the stalled ones.
+        resp = srv.execute(big)
+        assert resp.status == 429 and resp.json()["error"] == "busy", resp
+        assert resp.header("Retry-After") == "1", resp
+    finally:
+        for sock in stalled:
+            sock.close()
+    deadline = time.monotonic() + 5
+    while srv.execute(big).status == 429 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    expect_result(srv.execute(big), 1)

@@ -362,6 +362,31 @@ def main():
     expect_result(restricted_server.execute(script), [["/tmp", "/var/tmp", "/dev/shm"], "ok"])
 
 
+def test_restricted_nothing_made_writable_by_others(restricted_server):
+    """Where Landlock is missing a concurrent run could write into what a run opened up to
+    others, and race its clean-up: modes, umask and ACLs that would allow it are refused."""
+    script = '''
+import os
+def main():
+    os.mkdir("d")
+    out = []
+    for name, call in (("chmod", lambda: os.chmod("d", 0o777)),
+                       ("chmod g+w", lambda: os.chmod("d", 0o770)),
+                       ("umask", lambda: os.umask(0)),
+                       ("xattr", lambda: os.setxattr("d", "user.x", b"1"))):
+        try:
+            call()
+            out.append(name + " allowed")
+        except PermissionError:
+            out.append(name + " refused")
+    os.chmod("d", 0o755)  # readable by others stays the run's own choice
+    os.umask(0o022)
+    return out
+'''
+    expect_result(restricted_server.execute(script),
+                  ["chmod refused", "chmod g+w refused", "umask refused", "xattr refused"])
+
+
 def test_restricted_no_ipc_objects_that_outlive_the_run(restricted_server):
     script = '''
 import ctypes, multiprocessing
