@@ -6,7 +6,6 @@ import resource
 import shutil
 import signal
 import socket
-import stat
 import tempfile
 import time
 from pathlib import Path

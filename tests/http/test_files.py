@@ -2,7 +2,6 @@
 leaves under output/ as "files" in the answer, and every cap and refusal on the way."""
 
 import base64
-import json
 import time
 
 import pytest

@@ -6,7 +6,6 @@ tests/stdlib_compat runs CPython's own test suite against the same jail."""
 
 import concurrent.futures
 import importlib.util
-import time
 
 import pytest
 

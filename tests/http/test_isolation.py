@@ -39,17 +39,24 @@ def local_only():
         pytest.skip("needs this host's file system or starts servers of its own")
 
 
-@pytest.fixture
-def no_namespaces(tmp_path):
-    """A command prefix that runs pyexecd where namespaces are refused."""
-    local_only()
-    policy = tmp_path / "docker-like.kafel"
-    policy.write_text(DOCKER_LIKE_POLICY)
+def outer_jail(tmp_path, policy, name):
+    """A command prefix that runs pyexecd under a seccomp policy of the host's kind (kafel
+    text), in an nsjail with no namespaces: Docker's default profile, or gVisor's lack of
+    Landlock."""
+    path = tmp_path / f"{name}.kafel"
+    path.write_text(policy)
     return (nsjail_path(), "--mode=o", "--quiet", "--time_limit=0", "--keep_env",
             "--keep_caps", "--forward_signals", "--disable_rlimits", "--disable_clone_newuser",
             "--disable_clone_newns", "--disable_clone_newpid", "--disable_clone_newnet",
             "--disable_clone_newipc", "--disable_clone_newuts", "--disable_clone_newcgroup",
-            f"--seccomp_policy={policy}", "--")
+            f"--seccomp_policy={path}", "--")
+
+
+@pytest.fixture
+def no_namespaces(tmp_path):
+    """A command prefix that runs pyexecd where namespaces are refused."""
+    local_only()
+    return outer_jail(tmp_path, DOCKER_LIKE_POLICY, "docker-like")
 
 
 @pytest.fixture

@@ -14,24 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from pyexec_testlib import expect_ok, expect_result, nsjail_path
-from test_isolation import DOCKER_LIKE_POLICY, local_only
+from pyexec_testlib import expect_ok, expect_result
+from test_isolation import DOCKER_LIKE_POLICY, local_only, outer_jail
 from test_pool import metrics
 
 # As Docker's default profile, and no Landlock either (gVisor has none).
 NO_LANDLOCK_POLICY = DOCKER_LIKE_POLICY.replace(
     "ERRNO(38) { clone3 }", "ERRNO(38) { clone3, landlock_create_ruleset }")
-
-
-def outer_jail(tmp_path, policy, name):
-    """A command prefix that runs pyexecd under a seccomp policy of the host's kind."""
-    path = tmp_path / f"{name}.kafel"
-    path.write_text(policy)
-    return (nsjail_path(), "--mode=o", "--quiet", "--time_limit=0", "--keep_env",
-            "--keep_caps", "--forward_signals", "--disable_rlimits", "--disable_clone_newuser",
-            "--disable_clone_newns", "--disable_clone_newpid", "--disable_clone_newnet",
-            "--disable_clone_newipc", "--disable_clone_newuts", "--disable_clone_newcgroup",
-            f"--seccomp_policy={path}", "--")
 
 
 def restricted(server_factory, prefix=(), **env):
@@ -273,6 +262,18 @@ def test_a_deep_wide_tree_is_removed_without_a_mount(server_factory, tmp_path):
     assert metrics(srv)["pyexec_run_uids_quarantined"] == 0
 
 
+# Seconds of removal for the cleaner.
+HUNDRED_THOUSAND_FILES = '''
+import os
+def main():
+    for d in range(100):
+        os.mkdir(f"d{d}")
+        for f in range(1000):
+            os.close(os.open(f"d{d}/{f}", os.O_CREAT | os.O_WRONLY))
+    return os.getcwd()
+'''
+
+
 def test_a_big_clean_up_does_not_hold_other_answers(server_factory, tmp_path):
     """100 000 files take seconds to remove: the cleaner does it after the answer, and other
     runs are answered meanwhile. With two uids, one of them being cleaned, a second run at the
@@ -283,16 +284,7 @@ def test_a_big_clean_up_does_not_hold_other_answers(server_factory, tmp_path):
                      PYEXEC_MAX_TIMEOUT="60", PYEXEC_RUN_UIDS="2", PYEXEC_POOL="0",
                      # A tmpfs: on a disk file system the 100 000 creates alone take a minute.
                      PYEXEC_WORK_DIR=f"/dev/shm/pyexec-{uuid.uuid4().hex[:8]}")
-    script = '''
-import os
-def main():
-    for d in range(100):
-        os.mkdir(f"d{d}")
-        for f in range(1000):
-            os.close(os.open(f"d{d}/{f}", os.O_CREAT | os.O_WRONLY))
-    return os.getcwd()
-'''
-    workdir = expect_ok(srv.execute(script, timeout=60))["result"]
+    workdir = expect_ok(srv.execute(HUNDRED_THOUSAND_FILES, timeout=60))["result"]
     answers = []
 
     def trivial():
@@ -396,16 +388,7 @@ def test_one_huge_clean_up_holds_back_no_other_uid(server_factory):
                      PYEXEC_WORK_DIR=f"/dev/shm/pyexec-{uuid.uuid4().hex[:8]}",
                      prefix=outer_jail(Path(os.environ.get("TMPDIR", "/tmp")),
                                        DOCKER_LIKE_POLICY, f"docker-{uuid.uuid4().hex[:8]}"))
-    script = '''
-import os
-def main():
-    for d in range(100):
-        os.mkdir(f"d{d}")
-        for f in range(1000):
-            os.close(os.open(f"d{d}/{f}", os.O_CREAT | os.O_WRONLY))
-    return os.getcwd()
-'''
-    workdir = expect_ok(srv.execute(script, timeout=60))["result"]
+    workdir = expect_ok(srv.execute(HUNDRED_THOUSAND_FILES, timeout=60))["result"]
     for _ in range(6):
         # A uid may still be in the fast lane for a moment: busy then, never for long.
         for _ in range(20):
