@@ -32,7 +32,12 @@ RUN set -eux; \
         else src=/tmp/nsjail-source/$(basename "$NSJAIL_SOURCE"); fi; \
     fi; \
     NSJAIL_SOURCE=$src NSJAIL_PREFIX=/usr/local /src/scripts/build-nsjail; \
-    strip /usr/local/bin/nsjail
+    strip /usr/local/bin/nsjail; \
+    # Readable in the image: gVisor (Cloud Run's first generation) refuses to run a program its
+    # user cannot read. On a real kernel that makes nsjail dumpable in the restricted tier; it
+    # still runs under the server's own seccomp filter, and every other process of its uid is
+    # killed before the uid is used again.
+    chmod 0755 /usr/local/bin/nsjail
 
 # --- pyexecd -----------------------------------------------------------------------------------
 FROM debian:trixie-slim AS pyexecd

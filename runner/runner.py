@@ -1,6 +1,6 @@
 """pyexec runner: the only Python we write. It runs inside the jail, as nobody.
 
-    python3 -I -u runner.py RESULT_FD STATUS_FD RESULT_MAX PRELOAD [OUTPUT_CAPS]
+    python3 -I -u runner.py RESULT_FD STATUS_FD RESULT_MAX PRELOAD [OUTPUT_CAPS [TIER]]
 
 Protocol with pyexecd (see docs/security.md):
 1. Imports the PRELOAD modules (comma-separated, may be empty), writes "READY\\n" on
@@ -408,7 +408,7 @@ def not_dumpable():
         os._exit(70)  # never run without this protection
 
 
-def become_init(status_fd, output_caps):
+def become_init(status_fd, output_caps, restricted):
     """Splits off the process that runs the script. The jail's first process is, in tier full,
     the pid namespace's init: the kernel drops signals it has no handler for, and every other
     process dies with it. So it only reaps, relays the script's output, reports how the
@@ -425,7 +425,6 @@ def become_init(status_fd, output_caps):
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.signal(signal.SIGCHLD, lambda *_: None)
     signal.set_wakeup_fd(wake_w)
-    restricted = os.environ.pop("PYEXEC_TIER", "") == "restricted"
     child = os.fork()
     if child == 0:
         if restricted:
@@ -627,10 +626,11 @@ def start():
     result_fd, status_fd, result_max = (int(a) for a in sys.argv[1:4])
     caps = sys.argv[5] if len(sys.argv) > 5 else "0,0,0,0"
     output_caps = tuple(int(a) for a in caps.split(","))
+    restricted = len(sys.argv) > 6 and sys.argv[6] == "restricted"
     # Imported before the split, the preloaded modules' pages are shared with the init, so
     # the script's process has less of its own to free when it exits.
     preload(sys.argv[4] if len(sys.argv) > 4 else "")
-    become_init(status_fd, output_caps)
+    become_init(status_fd, output_caps, restricted)
     result_fd = hide_result_fd(result_fd)
     write_all(result_fd, b"READY\n")
     pid = os.getpid()

@@ -232,6 +232,9 @@ static int jail_build(struct args *a, const struct jail *j, const struct config 
 	/* The caps of what a run may leave under output/, which the init collects (tier full). */
 	rc |= jail_add(a, "%lu,%lu,%lu,%lu", c->output_files, c->output_bytes, c->path_max,
 	               c->path_depth);
+	/* The restricted tier's script process makes itself not dumpable (no pid namespace). An
+	 * argument, not the environment: gVisor lets any uid read /proc/<pid>/environ. */
+	rc |= jail_add(a, "%s", full ? "full" : "restricted");
 	return rc ? -1 : 0;
 }
 

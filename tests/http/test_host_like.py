@@ -9,7 +9,7 @@ import importlib.util
 
 import pytest
 
-from pyexec_testlib import check_healthy, expect_ok
+from pyexec_testlib import check_healthy, expect_ok, external_url
 
 # Debian's base-passwd accounts and groups: what the jail's /etc/passwd and /etc/group may name.
 SYSTEM_USERS = {"root", "daemon", "bin", "sys", "sync", "games", "man", "lp", "mail", "news",
@@ -186,7 +186,8 @@ def main():
     return [found, runs, nnp, usr_bin, os.geteuid()]
 '''
     found, runs, nnp, usr_bin, euid = result(server, script)
-    assert found, "this host has no set-uid program to try"
+    if not found:
+        pytest.skip("no set-uid program in /usr/bin to try (the image strips every set-uid bit)")
     assert runs, f"none of the tried programs is among {found}"
     for name, (code, out) in runs.items():
         assert code != 0 and out.strip() != "0", f"{name} succeeded: {code} {out!r}"
@@ -339,8 +340,8 @@ def test_hosts_file_is_the_projects(server):
 
 # --- packages installed beside numpy and pandas ------------------------------------------------
 
-@pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None,
-                    reason="python3-matplotlib is not installed on this host")
+@pytest.mark.skipif(bool(external_url()) or importlib.util.find_spec("matplotlib") is None,
+                    reason="python3-matplotlib is not installed here (an external server: not in the image)")
 def test_matplotlib_renders_a_png(server):
     script = '''
 import io
@@ -361,8 +362,8 @@ def main():
     check_healthy(server)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("scipy") is None,
-                    reason="python3-scipy is not installed on this host")
+@pytest.mark.skipif(bool(external_url()) or importlib.util.find_spec("scipy") is None,
+                    reason="python3-scipy is not installed here (an external server: not in the image)")
 def test_scipy_imports_and_computes(server):
     script = '''
 import scipy.linalg, scipy.stats, numpy
