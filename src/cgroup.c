@@ -65,9 +65,13 @@ static int remount_writable(const char *mount_point)
 
 static int make_dir_in(const char *mount_point, const char *path)
 {
-	if (make_dir(path) == 0)
-		return 0;
-	if (errno != EROFS || remount_writable(mount_point) != 0)
+	struct statvfs vfs;
+
+	/* Made writable whether or not the group exists: the server's mount namespace of its own
+	 * (hostfs.c) starts with Docker's read-only mount even where an earlier server made the
+	 * group, and the runs' groups are made in it later. */
+	if (statvfs(mount_point, &vfs) == 0 && (vfs.f_flag & ST_RDONLY) &&
+	    remount_writable(mount_point) != 0)
 		return -1;
 	return make_dir(path);
 }
