@@ -71,8 +71,8 @@ struct http {
 	 * bodies must not take the server's memory. */
 	atomic_size_t body_bytes;
 	size_t body_budget;
-	atomic_uint workers;   /* request threads still running (they hold suspended connections) */
-	int stop_fd;           /* eventfd, readable once in-flight runs must stop */
+	atomic_uint workers; /* request threads still running (they hold suspended connections) */
+	int stop_fd;         /* eventfd, readable once in-flight runs must stop */
 	struct api_limits lim;
 	struct pool *pool;
 	struct admit *admit;
@@ -406,9 +406,9 @@ static const char *limits_name(const struct http *h)
 	if (h->jail && h->tier == JAIL_RESTRICTED)
 		return run_dirs_capped(h) ? "rlimits and a capped tmpfs per run (restricted tier)"
 		                          : "rlimits only (restricted tier)";
-	return h->cg.mode == CGROUP_NONE             ? "rlimits only (no writable cgroup)"
-	       : h->cg.mode == CGROUP_V2             ? "cgroup v2 and rlimits"
-	                                             : "cgroup v1 and rlimits";
+	return h->cg.mode == CGROUP_NONE ? "rlimits only (no writable cgroup)"
+	       : h->cg.mode == CGROUP_V2 ? "cgroup v2 and rlimits"
+	                                 : "cgroup v1 and rlimits";
 }
 
 /* Anyone may ask: status, tier and readiness only. The host's kernel and what it allows are in

@@ -181,8 +181,8 @@ static int full_args(struct args *a, const struct config *c, const char *py, con
 	rc |= jail_add(a, "--bindmount_ro=%s:/pyexec/runner.py", c->runner);
 	rc |= jail_add(a, "--mount=none:/tmp:tmpfs:size=%lum,nr_inodes=%lu,mode=0700", c->tmp_mb,
 	               c->tmp_files);
-	rc |= jail_add(a, "--mount=none:/dev/shm:tmpfs:size=%lum,nr_inodes=%lu,mode=01777", c->tmp_mb,
-	               c->tmp_files);
+	rc |= jail_add(a, "--mount=none:/dev/shm:tmpfs:size=%lum,nr_inodes=%lu,mode=01777",
+	               c->tmp_mb, c->tmp_files);
 	return rc;
 }
 
