@@ -199,23 +199,27 @@ def main():
     expect_result(srv.execute(script), ["[]", 1])
 
 
+# Files in the run's temporary directory (its own directory in the restricted tier, /tmp in
+# tier full) until one is refused: [fewer than 300 made, the error, the directory].
+FILL_INODES = '''
+import errno, os, tempfile
+def main():
+    tmp, made = tempfile.gettempdir(), 0
+    try:
+        for i in range(5000):
+            open(os.path.join(tmp, f"f{i}"), "w").close()
+            made += 1
+    except OSError as e:
+        return [made < 300, errno.errorcode[e.errno], tmp]
+    return [made, None, tmp]
+'''
+
+
 def test_files_past_the_cap_fail_cleanly_and_leave_nothing(server_factory):
     srv = restricted(server_factory, PYEXEC_TMP_FILES="300", PYEXEC_HEALTH_DETAILS="on")
     assert srv.get("/healthz").json()["limits"] == \
         "rlimits and a capped tmpfs per run (restricted tier)"
-    script = '''
-import errno, os
-def main():
-    made = 0
-    try:
-        for i in range(5000):
-            open(f"f{i}", "w").close()
-            made += 1
-    except OSError as e:
-        return [made < 300, errno.errorcode[e.errno], os.getcwd()]
-    return [made, None, os.getcwd()]
-'''
-    less, code, workdir = expect_ok(srv.execute(script))["result"]
+    less, code, workdir = expect_ok(srv.execute(FILL_INODES))["result"]
     assert (less, code) == (True, "ENOSPC")
     wait_clean(srv)
     assert not os.path.lexists(workdir)
@@ -363,19 +367,8 @@ def test_tier_full_caps_files_too(server_factory):
     """PYEXEC_TMP_FILES holds in tier full as well: its /tmp is a tmpfs with that many inodes."""
     local_only()
     srv = server_factory(PYEXEC_ISOLATION="full", PYEXEC_TMP_FILES="300")
-    script = '''
-import errno
-def main():
-    made = 0
-    try:
-        for i in range(5000):
-            open(f"/tmp/f{i}", "w").close()
-            made += 1
-    except OSError as e:
-        return [made < 300, errno.errorcode[e.errno]]
-    return [made, None]
-'''
-    expect_result(srv.execute(script), [True, "ENOSPC"])
+    less, code, _ = expect_ok(srv.execute(FILL_INODES))["result"]
+    assert (less, code) == (True, "ENOSPC")
 
 
 def test_one_huge_clean_up_holds_back_no_other_uid(server_factory):
