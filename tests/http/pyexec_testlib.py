@@ -66,6 +66,21 @@ def nsjail_path():
     return shutil.which("nsjail")
 
 
+def trickled_until_closed(sock, chunk, seconds=15.0):
+    """Sends chunk every half second for `seconds`; True when the server closed the connection
+    meanwhile. Closes sock."""
+    start = time.monotonic()
+    try:
+        while time.monotonic() - start < seconds:
+            sock.sendall(chunk)
+            time.sleep(0.5)
+    except (BrokenPipeError, ConnectionResetError):
+        return True
+    finally:
+        sock.close()
+    return False
+
+
 def free_port():
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

@@ -12,6 +12,7 @@ import pytest
 
 from pyexec_testlib import (
     assert_json_content_type,
+    trickled_until_closed,
     assert_traceback_clean,
     check_healthy,
     external_url,
@@ -686,16 +687,7 @@ def test_oversized_slow_body_not_kept_past_connection_timeout(server_factory):
     sock = socket.create_connection(("127.0.0.1", srv.port), timeout=20)
     sock.sendall(b"POST /execute HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                  b"Content-Length: 4194304\r\n\r\n")
-    start, closed = time.monotonic(), False
-    try:
-        while time.monotonic() - start < 15:
-            sock.sendall(b"#" * 1024)
-            time.sleep(0.5)
-    except (BrokenPipeError, ConnectionResetError):
-        closed = True
-    finally:
-        sock.close()
-    assert closed, "the server kept reading an oversized body sent slowly for 15 s"
+    assert trickled_until_closed(sock, b"#" * 1024), "the server kept reading an oversized body sent slowly for 15 s"
     check_healthy(srv)
 
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from pyexec_testlib import (Server, check_healthy, expect_error, expect_result,
-                            expect_script_error, external_url, nsjail_path)
+                            expect_script_error, external_url, nsjail_path,
+                            trickled_until_closed)
 from test_pool import jail_runner_pids, metrics, open_request
 
 OK = "def main():\n    return 42\n"
@@ -306,14 +307,5 @@ def test_trickled_body_has_a_deadline(server_factory):
     sock = socket.create_connection(("127.0.0.1", srv.port), timeout=20)
     sock.sendall(b"POST /execute HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                  b"Content-Length: 1000\r\n\r\n")
-    start, closed = time.monotonic(), False
-    try:
-        while time.monotonic() - start < 15:
-            sock.sendall(b" ")
-            time.sleep(0.5)
-    except (BrokenPipeError, ConnectionResetError):
-        closed = True
-    finally:
-        sock.close()
-    assert closed, "a body trickled for 15 s was still being read"
+    assert trickled_until_closed(sock, b" "), "a body trickled for 15 s was still being read"
     check_healthy(srv)
