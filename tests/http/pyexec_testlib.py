@@ -177,9 +177,10 @@ _run_uid_blocks = itertools.count()
 def next_run_uid():
     """A block of 1024 run uids no other server of this session uses (two servers sharing a
     block would kill each other's restricted runs; pyexecd refuses to start then). The blocks
-    start at $PYEXEC_TEST_RUN_UID_BASE (default 300000): two suites run at once on one machine
-    need bases at least 2048000 apart."""
-    base = int(os.environ.get("PYEXEC_TEST_RUN_UID_BASE") or 300000)
+    start at $PYEXEC_TEST_RUN_UID_BASE, by default at one of 1000 bases 2048000 apart chosen
+    by this session's pid, so that suites run at once on one machine rarely meet."""
+    base = int(os.environ.get("PYEXEC_TEST_RUN_UID_BASE") or
+               300000 + 2048000 * (os.getpid() % 1000))
     return base + 1024 * (next(_run_uid_blocks) % 2000)
 
 

@@ -43,10 +43,13 @@ def live_tasks(uid):
     return found
 
 
-def wait_clean(srv, seconds=60):
-    """Waits for the restricted tier's cleaner to finish what is queued."""
+def wait_clean(srv, seconds=60, gone=()):
+    """Waits for the restricted tier's cleaner to finish what is queued, and for the paths in
+    gone to go: a run's uid reaches the cleaner only once its nsjail is reaped, which may come
+    a moment after the answer, so an idle cleaner alone does not mean its files are gone."""
     deadline = time.monotonic() + seconds
-    while metrics(srv)["pyexec_run_uids_cleaning"] and time.monotonic() < deadline:
+    while time.monotonic() < deadline and (metrics(srv)["pyexec_run_uids_cleaning"]
+                                           or any(os.path.lexists(p) for p in gone)):
         time.sleep(0.05)
     assert metrics(srv)["pyexec_run_uids_cleaning"] == 0
 
@@ -221,7 +224,7 @@ def test_files_past_the_cap_fail_cleanly_and_leave_nothing(server_factory):
         "rlimits and a capped tmpfs per run (restricted tier)"
     less, code, workdir = expect_ok(srv.execute(FILL_INODES))["result"]
     assert (less, code) == (True, "ENOSPC")
-    wait_clean(srv)
+    wait_clean(srv, gone=[workdir])
     assert not os.path.lexists(workdir)
     expect_result(srv.execute("def main():\n    return 1\n"), 1)
 
@@ -259,7 +262,7 @@ def test_a_deep_wide_tree_is_removed_without_a_mount(server_factory, tmp_path):
     assert srv.get("/healthz").json()["limits"] == "rlimits only (restricted tier)"
     script = WIDE_TREE.replace("TARGET", repr(str(target)))
     workdir = expect_ok(srv.execute(script, timeout=20))["result"]
-    wait_clean(srv)
+    wait_clean(srv, gone=[workdir])
     assert not os.path.lexists(workdir)
     assert list(Path(workdir).parent.glob(".pyexec-gone-*")) == []
     assert (target / "keep.txt").read_text() == "server data"
@@ -306,7 +309,7 @@ def test_a_big_clean_up_does_not_hold_other_answers(server_factory, tmp_path):
     assert statuses == [200, 429], answers
     busy = [a for a in answers if a.status == 429][0]
     assert busy.json()["error"] == "busy" and busy.header("Retry-After") == "1", busy
-    wait_clean(srv, seconds=120)
+    wait_clean(srv, seconds=120, gone=[workdir])
     assert not os.path.lexists(workdir)
 
 
@@ -335,7 +338,8 @@ def main():
     return os.getcwd()
 '''
     expect_ok(srv.execute(script))
-    wait_clean(srv)
+    wait_clean(srv, gone=[f"/tmp/{marker}-link", f"/tmp/{marker}-deep",
+                          f"/dev/shm/{marker}-deep"])
     left = [p for p in (f"/tmp/{marker}-link", f"/tmp/{marker}-deep", f"/dev/shm/{marker}-deep")
             if os.path.lexists(p)]
     left += [str(p) for d in (Path("/tmp"), Path("/dev/shm")) for p in d.glob(".pyexec-gone-*")]
@@ -392,5 +396,5 @@ def test_one_huge_clean_up_holds_back_no_other_uid(server_factory):
         expect_result(resp, 1)
     # All six answered while the big clean-up went on: it held back none of them.
     assert os.path.lexists(workdir), "removed already: the test proves nothing"
-    wait_clean(srv, seconds=120)
+    wait_clean(srv, seconds=120, gone=[workdir])
     assert not os.path.lexists(workdir)
