@@ -94,7 +94,8 @@ clean:
 # FUZZ_SECONDS on its seed corpus in tests/fuzz/corpus/ and keeps what it learns in build-fuzz/.
 CLANG        ?= clang
 FUZZ_SECONDS ?= 60
-FUZZ_SRCS    := src/api.c src/buf.c src/err.c src/files.c src/frame.c src/json_check.c src/text.c
+FUZZ_SRCS    := src/api.c src/buf.c src/err.c src/files.c src/frame.c src/json_check.c src/log.c \
+                src/text.c
 FUZZERS      := fuzz_request fuzz_output
 
 build-fuzz/%: tests/fuzz/%.c $(FUZZ_SRCS) $(HDRS) | build-fuzz
