@@ -13,8 +13,10 @@
 #include "api.h"
 #include "buf.h"
 #include "config.h"
+#include "errcodes.h"
 #include "frame.h"
 #include "json_check.h"
+#include "metrics.h"
 #include "pool.h"
 #include "static.h"
 #include "text.h"
@@ -365,6 +367,47 @@ static void frame_result_too_deep(void **state)
 	free(deep);
 }
 
+/* The one list of codes: a runner may report exactly its own, and /metrics counts each. */
+#define CODE_CASE(name, source) {#name, source},
+static const struct {
+	const char *name;
+	enum err_source source;
+} all_codes[] = {ERRCODES_EXECUTE(CODE_CASE)};
+
+static void errcodes_frame_and_metrics(void **state)
+{
+	struct metrics *m = metrics_new();
+	struct metrics_gauges g = {0};
+	char *text;
+
+	(void)state;
+	assert_non_null(m);
+	for (size_t i = 0; i < sizeof(all_codes) / sizeof(all_codes[0]); i++) {
+		char frame[128], line[128];
+		struct frame f;
+		struct err e;
+		int n = snprintf(frame, sizeof(frame),
+		                 "{\"status\":\"error\",\"error\":\"%s\",\"message\":\"m\"}\n",
+		                 all_codes[i].name);
+
+		if (all_codes[i].source == ERR_BY_RUNNER) {
+			assert_int_equal(frame_parse(frame, (size_t)n, &f, &e), 0);
+			assert_string_equal(f.code, all_codes[i].name);
+		} else {
+			assert_int_equal(frame_parse(frame, (size_t)n, &f, &e), -1);
+		}
+		frame_free(&f);
+		metrics_run(m, all_codes[i].name, -1);
+		text = metrics_render(m, &g);
+		assert_non_null(text);
+		snprintf(line, sizeof(line), "pyexec_requests_total{outcome=\"%s\"} 1\n",
+		         all_codes[i].name);
+		assert_non_null(strstr(text, line));
+		free(text);
+	}
+	metrics_free(m);
+}
+
 static void json_check_grammar(void **state)
 {
 	const char *good[] = {
@@ -640,6 +683,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(config_env_and_flags, env_setup, env_teardown),
 	    cmocka_unit_test_setup_teardown(config_isolation, env_setup, env_teardown),
 	    cmocka_unit_test_setup_teardown(config_file_caps, env_setup, env_teardown),
+	    cmocka_unit_test(errcodes_frame_and_metrics),
 	    cmocka_unit_test(json_check_grammar),
 	    cmocka_unit_test(frame_then_death_not_trusted),
 	};
