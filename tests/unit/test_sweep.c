@@ -181,7 +181,7 @@ static void sweep_depth_is_bounded(void **state)
 	/* shared/d/d/.../d, SWEEP_DEPTH + 1 levels of other owners' open directories, each with
 	 * a file of the run */
 	for (int level = 1; level <= SWEEP_DEPTH + 1; level++) {
-		char name[512];
+		char name[sizeof(path) + 8];
 
 		strcat(path, "/d");
 		make_dir(top_fd, path, OTHER, 0777);
@@ -191,7 +191,7 @@ static void sweep_depth_is_bounded(void **state)
 	assert_true(runusers_sweep(sh, RUN_LO, RUN_LO, 1000));
 	strcpy(path, "shared");
 	for (int level = 1; level <= SWEEP_DEPTH + 1; level++) {
-		char name[512];
+		char name[sizeof(path) + 8];
 
 		strcat(path, "/d");
 		snprintf(name, sizeof(name), "%s/mine", path);
