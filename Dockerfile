@@ -44,7 +44,7 @@ FROM debian:trixie-slim AS pyexecd
 RUN set -eux; \
     export DEBIAN_FRONTEND=noninteractive; \
     apt-get update; \
-    apt-get install -y --no-install-recommends gcc libc6-dev make libmicrohttpd-dev \
+    apt-get install -y --no-install-recommends gcc libc6-dev make pkg-config libmicrohttpd-dev \
         libjansson-dev libseccomp-dev
 WORKDIR /src
 COPY Makefile ./

@@ -1,14 +1,23 @@
-# pyexec: `make` builds build/pyexecd; `make test` runs every test (unit and black-box, plain
-# and under ASan+UBSan); `make asan` builds the sanitizer server in build-asan/; `make bench`
-# prints the benchmark.
+# pyexec: `make` builds build/pyexecd; `make check` is the quick loop (unit tests and the
+# black-box suite once, plain build, tier full: a few minutes); `make test` runs every test (unit
+# and black-box, plain and under ASan+UBSan, both tiers, lint); `make asan` builds the sanitizer
+# server in build-asan/; `make bench` prints the benchmark.
 
 CC       ?= cc
 PYTHON   ?= /usr/bin/python3
 CFLAGS   ?= -O2 -g
-WARN     := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
+# Warnings fail the build in `make check`, `make test` and CI (they set WERROR), not in a plain
+# `make`: a newer compiler's new warning must not stop someone building the server or the image.
+WERROR   ?=
+WARN      = -Wall -Wextra $(WERROR) -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
             -Wformat=2 -Wno-format-nonliteral -Wpointer-arith -Wvla
 CPPFLAGS += -std=c11 -D_GNU_SOURCE -D_FORTIFY_SOURCE=2
-LIBS     := -lmicrohttpd -ljansson -lseccomp -lm
+# The libraries as pkg-config finds them; the plain flags where there is no pkg-config.
+PKG_CONFIG ?= pkg-config
+PKGS     := libmicrohttpd jansson libseccomp
+CPPFLAGS += $(shell $(PKG_CONFIG) --cflags $(PKGS) 2>/dev/null)
+LIBS     := $(or $(shell $(PKG_CONFIG) --libs $(PKGS) 2>/dev/null),-lmicrohttpd -ljansson -lseccomp) -lm
+UNIT_LIBS := $(or $(shell $(PKG_CONFIG) --libs cmocka 2>/dev/null),-lcmocka)
 SAN      := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 
 SRCS     := $(wildcard src/*.c)
@@ -22,19 +31,28 @@ GEN      := build/assets.c
 
 all: build/pyexecd
 
-build/pyexecd: $(SRCS) $(HDRS) $(GEN) | build
+# The compiler and flags of the last build: a build with other flags (WERROR set or not)
+# rebuilds everything instead of reusing objects made without them.
+build/flags: FORCE | build
+	@echo '$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) $(LIBS)' | cmp -s - $@ || \
+		echo '$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) $(LIBS)' > $@
+
+FORCE:
+
+build/pyexecd: $(SRCS) $(HDRS) $(GEN) build/flags | build
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -iquote src -o $@ $(SRCS) $(GEN) $(LIBS)
 
-build-asan/pyexecd: $(SRCS) $(HDRS) $(GEN) | build-asan
+build-asan/pyexecd: $(SRCS) $(HDRS) $(GEN) build/flags | build-asan
 	$(CC) $(CPPFLAGS) -O1 -g $(SAN) $(WARN) -iquote src -o $@ $(SRCS) $(GEN) $(LIBS)
 
-build/unit: $(UNIT) $(LIB_SRCS) $(HDRS) $(GEN) tests/unit/unit.h | build
+build/unit: $(UNIT) $(LIB_SRCS) $(HDRS) $(GEN) tests/unit/unit.h build/flags | build
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -iquote src -o $@ $(UNIT) $(LIB_SRCS) $(GEN) $(LIBS) \
-		-lcmocka
+		$(UNIT_LIBS)
 
-build-asan/unit: $(UNIT) $(LIB_SRCS) $(HDRS) $(GEN) tests/unit/unit.h | build-asan
+build-asan/unit: $(UNIT) $(LIB_SRCS) $(HDRS) $(GEN) tests/unit/unit.h build/flags \
+		| build-asan
 	$(CC) $(CPPFLAGS) -O1 -g $(SAN) $(WARN) -iquote src -o $@ $(UNIT) $(LIB_SRCS) $(GEN) \
-		$(LIBS) -lcmocka
+		$(LIBS) $(UNIT_LIBS)
 
 build/assets.c: scripts/embed $(filter-out asset_%,$(ASSETS)) | build
 	sh scripts/embed $(ASSETS) > $@.tmp && mv $@.tmp $@
@@ -84,6 +102,14 @@ stdlib-compat-fast: build/pyexecd
 
 test: lint unit http deploy-check stdlib-compat-fast
 
+# The quick loop while working: the unit tests and one black-box pass (plain build, tier full).
+check: build/unit build/pyexecd
+	./build/unit
+	PYEXEC_TEST_ISOLATION=full $(PYTHON) -m pytest -q tests/http
+
+# What is tested is built with warnings as errors.
+test check unit http stdlib-compat-fast: WERROR = -Werror
+
 format:
 	clang-format -i src/*.c src/*.h tests/unit/*.c
 
@@ -94,7 +120,8 @@ clean:
 # FUZZ_SECONDS on its seed corpus in tests/fuzz/corpus/ and keeps what it learns in build-fuzz/.
 CLANG        ?= clang
 FUZZ_SECONDS ?= 60
-FUZZ_SRCS    := src/api.c src/buf.c src/err.c src/files.c src/frame.c src/json_check.c src/text.c
+FUZZ_SRCS    := src/api.c src/buf.c src/err.c src/files.c src/frame.c src/json_check.c src/log.c \
+                src/text.c
 FUZZERS      := fuzz_request fuzz_output
 
 build-fuzz/%: tests/fuzz/%.c $(FUZZ_SRCS) $(HDRS) | build-fuzz
@@ -121,7 +148,8 @@ bench: build/pyexecd
 soak: build/pyexecd
 	$(PYTHON) bench/soak.py --binary build/pyexecd --runs 10000 --clients 4
 
-.PHONY: all asan unit http lint deploy-check test bench soak fuzz format clean stdlib-compat \
+.PHONY: all asan unit http lint deploy-check test check FORCE bench soak fuzz format clean \
+	stdlib-compat \
 	stdlib-compat-fast package-compat
 
 # The playground in Debian's headless Chromium (scripts/install-deps --browser): types scripts,

@@ -10,6 +10,7 @@
 #include <strings.h>
 
 #include "frame.h"
+#include "log.h"
 #include "text.h"
 
 #define EXAMPLE "{\"script\": \"def main():\\n    return 42\\n\"}"
@@ -484,13 +485,15 @@ static int frame_response(struct response *r, const struct run_result *run,
 		}
 	}
 
-	if (frame_parse(run->chan.data, run->chan.len, &f, &e) < 0)
+	if (frame_parse(run->chan.data, run->chan.len, &f, &e) < 0) {
+		/* The client learns only that the bytes were unreadable; the operator, why. */
+		log_warn("a run's result frame was refused: %s", e.message);
 		rc = script_error(r, run, "result_not_json",
 		                  "The script wrote bytes the server cannot read as a result onto "
 		                  "its result channel; return the value from main() instead of "
 		                  "writing to inherited file descriptors.",
 		                  NULL);
-	else if (f.ok && f.result_len > lim->result_max)
+	} else if (f.ok && f.result_len > lim->result_max)
 		rc = too_large(r, run, lim);
 	else if (f.ok)
 		rc = ok_response(r, run, &f);

@@ -8,6 +8,8 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include "pool.h"
+
 enum kind { K_STR, K_ULONG, K_SECONDS, K_BOOL };
 
 struct setting {
@@ -246,8 +248,9 @@ static int config_defaults(struct config *c, struct err *e)
 		long n = sysconf(_SC_NPROCESSORS_ONLN);
 		c->concurrency = n > 0 ? (unsigned long)n : 1;
 	}
-	if (c->pool > 64)
-		return err_set(e, 0, "config", "PYEXEC_POOL must be at most 64, not %lu", c->pool);
+	if (c->pool > POOL_MAX)
+		return err_set(e, 0, "config", "PYEXEC_POOL must be at most %d, not %lu", POOL_MAX,
+		               c->pool);
 	if (c->preload[strspn(c->preload, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 	                                  "0123456789_.,")])
 		return err_set(e, 0, "config",

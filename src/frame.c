@@ -1,5 +1,6 @@
 #include "frame.h"
 
+#include "errcodes.h"
 #include "json_check.h"
 
 #include <string.h>
@@ -10,17 +11,20 @@
  * default, the fewest of the common parsers (Ruby's json 100, Rust's serde_json 128). */
 #define RESULT_DEPTH_MAX 63
 
-/* The only codes a runner may report; anything else is a forgery or a bug. */
-static const char *const script_codes[] = {
-    "syntax_error",    "no_main",          "main_not_callable", "exception",
-    "result_not_json", "result_too_large", "memory_limit",
-};
+/* Every /execute code with who may report it; a runner may report only its own. */
+#define CODE_ENTRY(name, source) {#name, source},
+static const struct {
+	const char *name;
+	enum err_source source;
+} codes[] = {ERRCODES_EXECUTE(CODE_ENTRY)};
 
+/* The static name of a code the runner may report, or NULL: anything else is a forgery or a
+ * bug. */
 static const char *code_lookup(const char *s)
 {
-	for (size_t i = 0; i < sizeof(script_codes) / sizeof(script_codes[0]); i++)
-		if (strcmp(s, script_codes[i]) == 0)
-			return script_codes[i];
+	for (size_t i = 0; i < sizeof(codes) / sizeof(codes[0]); i++)
+		if (codes[i].source == ERR_BY_RUNNER && strcmp(s, codes[i].name) == 0)
+			return codes[i].name;
 	return NULL;
 }
 

@@ -66,6 +66,8 @@ int main(int argc, char **argv)
 	sigaddset(&stop, SIGTERM);
 	sigaddset(&stop, SIGINT);
 	pthread_sigmask(SIG_BLOCK, &stop, NULL);
+	/* Not every failure of http_start fills e (an allocation that fails does not). */
+	err_set(&e, 0, "internal", "out of memory");
 	h = http_start(&cfg, &e);
 	if (!h) {
 		log_error("cannot start: %s", e.message);

@@ -5,32 +5,17 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "errcodes.h"
+
 static const double bounds[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                                 0.5,   1,      2.5,   5,    10,    30,   60};
 #define NB (sizeof(bounds) / sizeof(bounds[0]))
 
-/* Every outcome a request can have; anything else counts as "other". */
+/* Every outcome an /execute request can have; anything else counts as "other". */
+#define OUTCOME(name, source) #name,
 static const char *const outcomes[] = {
     "ok",
-    "invalid_json",
-    "invalid_request",
-    "payload_too_large",
-    "unsupported_media_type",
-    "syntax_error",
-    "no_main",
-    "main_not_callable",
-    "exception",
-    "result_not_json",
-    "result_too_large",
-    "output_too_large",
-    "invalid_output",
-    "timeout",
-    "memory_limit",
-    "killed",
-    "busy",
-    "internal",
-    "shutting_down",
-    "client_gone",
+    ERRCODES_EXECUTE(OUTCOME) "client_gone",
     "other",
 };
 #define NO (sizeof(outcomes) / sizeof(outcomes[0]))

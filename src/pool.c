@@ -13,7 +13,6 @@
 #include "log.h"
 #include "metrics.h"
 
-#define POOL_MAX 64
 #define BACKOFF_MAX 30.0
 
 struct pool {
@@ -161,11 +160,15 @@ static void *pool_main(void *arg)
 struct pool *pool_new(struct jail *j, unsigned size, double max_age, double start_timeout,
                       struct metrics *m, struct err *e)
 {
-	struct pool *p = calloc(1, sizeof(*p));
+	struct pool *p;
 
-	if (!p || size > POOL_MAX) {
-		free(p);
+	if (size > POOL_MAX) {
 		err_set(e, 0, "config", "PYEXEC_POOL must be at most %d", POOL_MAX);
+		return NULL;
+	}
+	p = calloc(1, sizeof(*p));
+	if (!p) {
+		err_set(e, 0, "internal", "cannot start the pool: out of memory");
 		return NULL;
 	}
 	p->jail = j;

@@ -7,6 +7,9 @@
 #include "err.h"
 #include "run.h"
 
+/* The most ready jails a pool keeps (PYEXEC_POOL). */
+#define POOL_MAX 64
+
 struct pool;
 struct metrics;
 struct jail;

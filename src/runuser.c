@@ -17,7 +17,6 @@
 #include "spawn.h"
 
 #define SHARED_MAX 8
-#define SWEEP_DEPTH 16
 /* A removal that meets more entries than this is something still growing: it fails. A
  * run's tmpfs holds PYEXEC_TMP_FILES at most; a plain directory is bounded only by the disk. */
 #define ENTRIES_MAX (64UL * 1000 * 1000)
@@ -197,12 +196,17 @@ static bool sweep(int dir, uid_t lo, uid_t hi, int depth, size_t budget)
 	return ok;
 }
 
+bool runusers_sweep(int dir, uid_t lo, uid_t hi, size_t budget)
+{
+	return sweep(dir, lo, hi, 0, budget);
+}
+
 static bool sweep_shared(struct runusers *ru, uid_t lo, uid_t hi, size_t budget)
 {
 	bool ok = true;
 
 	for (int i = 0; ru->o.sweep_shared && i < ru->nshared; i++)
-		ok &= sweep(ru->shared_fd[i], lo, hi, 0, budget);
+		ok &= runusers_sweep(ru->shared_fd[i], lo, hi, budget);
 	return ok;
 }
 

@@ -46,4 +46,13 @@ void runusers_stats(struct runusers *ru, struct runusers_stats *s);
 /* Stops the cleaner after the clean-up it is doing, and frees ru. */
 void runusers_free(struct runusers *ru);
 
+/* How deep a sweep looks through world-writable directories of other owners. */
+#define SWEEP_DEPTH 16
+
+/* Removes from the directory dir every entry a uid in [lo, hi] owns, without following links
+ * or leaving dir's file system, and looks for more in the world-writable directories of other
+ * owners, SWEEP_DEPTH levels down; entries count against budget as in rmtree_at. True when all
+ * such entries are gone. What the cleaners do to shared directories; here for its tests. */
+bool runusers_sweep(int dir, uid_t lo, uid_t hi, size_t budget);
+
 #endif

@@ -46,7 +46,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		buf_append(&run.files, data + chan_len, size - chan_len);
 	if (api_outcome_response(&run, &job, &lim, &r) < 0)
 		abort();
-	if (!json_check(r.body, r.len, 4096))
+	if (json_check(r.body, r.len, 4096) != JSON_OK)
 		abort();
 	parsed = json_loadb(r.body, r.len, JSON_DECODE_INT_AS_REAL | JSON_ALLOW_NUL, NULL);
 	/* jansson refuses numbers too big for a double, which the contract passes through. */

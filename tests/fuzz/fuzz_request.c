@@ -35,7 +35,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	}
 	/* Every refusal is a well-formed contract error. */
 	if (e.status != 400 || api_error_response(&r, e.status, e.code, e.message) < 0 ||
-	    !json_check(r.body, r.len, 8))
+	    json_check(r.body, r.len, 8) != JSON_OK)
 		abort();
 	api_response_free(&r);
 	return 0;

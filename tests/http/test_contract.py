@@ -27,9 +27,23 @@ OK_SCRIPT = "def main():\n    return 1\n"
 
 # --- health and the happy path ------------------------------------------------
 
-def test_healthz(server):
-    resp = server.get("/healthz")
-    assert resp.status == 200, resp
+def test_healthz(server, tier):
+    """The fixture saw a 200; this checks what the 200 says: healthy, the tier runs get, and a
+    pool that fills (PYEXEC_POOL ready jails, 2 unless set)."""
+    want = min(int(server.env.get("PYEXEC_POOL", "2")), 1)
+    deadline = time.monotonic() + 30
+    while True:
+        resp = server.get("/healthz")
+        assert resp.status == 200, resp
+        assert_json_content_type(resp)
+        body = resp.json()
+        assert body["status"] == "ok" and "message" not in body, body
+        assert body["tier"] == tier, body
+        assert type(body["poolReady"]) is int and body["poolReady"] >= 0, body
+        if body["poolReady"] >= want or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert body["poolReady"] >= want, f"no ready jail after 30 s: {body}"
 
 
 def test_happy_path_exact_body(server):

@@ -3,16 +3,21 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
 #include "api.h"
 #include "buf.h"
 #include "config.h"
+#include "errcodes.h"
 #include "frame.h"
 #include "json_check.h"
+#include "metrics.h"
+#include "pool.h"
 #include "static.h"
 #include "text.h"
 #include "unit.h"
@@ -273,27 +278,38 @@ static void error_message_cut_utf8(void **state)
 	api_response_free(&r);
 }
 
+/* Cleans s and compares the whole output, so a count of replacements is checked exactly. */
+static void expect_clean(const char *s, size_t n, bool cut, const char *want)
+{
+	size_t len;
+	char *out = text_utf8_clean(s, n, cut, &len);
+
+	assert_non_null(out);
+	assert_string_equal(out, want);
+	assert_int_equal(len, strlen(want));
+	free(out);
+}
+
+#define FFFD "\xef\xbf\xbd"
+
 static void text_clean(void **state)
 {
-	size_t n;
-	char *s;
-
 	(void)state;
-	s = text_utf8_clean("h\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80", 10, false, &n);
-	assert_int_equal(n, 10);
-	free(s);
-	/* overlong, surrogate, past U+10FFFF, stray continuation: each one replacement */
-	s = text_utf8_clean("\xc0\xaf|\xed\xa0\x80|\xf4\x90\x80\x80|\x80", 13, false, &n);
-	assert_non_null(strstr(s, "\xef\xbf\xbd|"));
-	assert_null(strstr(s, "\xed\xa0"));
-	assert_null(strstr(s, "\xf4\x90"));
-	free(s);
-	s = text_utf8_clean("ab\xe2\x82", 4, true, &n);
-	assert_int_equal(n, 2);
-	free(s);
-	s = text_utf8_clean("ab\xe2\x82", 4, false, &n);
-	assert_string_equal(s, "ab\xef\xbf\xbd\xef\xbf\xbd");
-	free(s);
+	expect_clean("h\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80", 10, false,
+	             "h\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80");
+	/* One U+FFFD per maximal subpart, as Unicode recommends and Python's decode does: an
+	 * overlong, a surrogate or a value past U+10FFFF starts no valid sequence, so each of its
+	 * bytes is one; a stray continuation is one. */
+	expect_clean("\xc0\xaf|", 3, false, FFFD FFFD "|");
+	expect_clean("\xed\xa0\x80|", 4, false, FFFD FFFD FFFD "|");
+	expect_clean("\xf4\x90\x80\x80|", 5, false, FFFD FFFD FFFD FFFD "|");
+	expect_clean("a\x80"
+	             "b",
+	             3, false, "a" FFFD "b");
+	expect_clean("\xff\xfe", 2, false, FFFD FFFD);
+	/* Cut by the cap: an incomplete sequence at the very end is dropped, not replaced. */
+	expect_clean("ab\xe2\x82", 4, true, "ab");
+	expect_clean("ab\xe2\x82", 4, false, "ab" FFFD FFFD);
 }
 
 static void buf_caps(void **state)
@@ -315,25 +331,81 @@ static void frame_header_needs_newline(void **state)
 {
 	struct frame f;
 	struct err e;
+
+	(void)state;
+	assert_int_equal(frame_parse("{\"status\":\"ok\"}", 15, &f, &e), -1);
+	assert_string_equal(e.code, "result_not_json");
+	assert_string_equal(e.message, "no header line");
+	frame_free(&f);
+	/* the newline is there, but past the first len bytes */
+	assert_int_equal(frame_parse("{\"status\":\"ok\"}\n1", 15, &f, &e), -1);
+	assert_string_equal(e.message, "no header line");
+	frame_free(&f);
+}
+
+/* Nesting deeper than the parser's limit is refused, not recursed into: a script's error,
+ * named, not a forgery. */
+static void frame_result_too_deep(void **state)
+{
+	struct frame f;
+	struct err e;
 	const char *deep_prefix = "{\"status\":\"ok\"}\n";
 	size_t depth = 5000, n = strlen(deep_prefix) + 2 * depth;
 	char *deep = malloc(n + 1);
 
 	(void)state;
-	assert_int_equal(frame_parse("{\"status\":\"ok\"}", 15, &f, &e), -1);
-	frame_free(&f);
-	/* Nesting deeper than the parser's limit is refused, not recursed into. */
+	assert_non_null(deep);
 	strcpy(deep, deep_prefix);
 	memset(deep + strlen(deep_prefix), '[', depth);
 	memset(deep + strlen(deep_prefix) + depth, ']', depth);
 	deep[n] = '\0';
-	/* a script's error, named, not a forgery */
 	assert_int_equal(frame_parse(deep, n, &f, &e), 0);
 	assert_false(f.ok);
 	assert_string_equal(f.code, "result_not_json");
 	assert_non_null(strstr(f.message, "nested"));
 	frame_free(&f);
 	free(deep);
+}
+
+/* The one list of codes: a runner may report exactly its own, and /metrics counts each. */
+#define CODE_CASE(name, source) {#name, source},
+static const struct {
+	const char *name;
+	enum err_source source;
+} all_codes[] = {ERRCODES_EXECUTE(CODE_CASE)};
+
+static void errcodes_frame_and_metrics(void **state)
+{
+	struct metrics *m = metrics_new();
+	struct metrics_gauges g = {0};
+	char *text;
+
+	(void)state;
+	assert_non_null(m);
+	for (size_t i = 0; i < sizeof(all_codes) / sizeof(all_codes[0]); i++) {
+		char frame[128], line[128];
+		struct frame f;
+		struct err e;
+		int n = snprintf(frame, sizeof(frame),
+		                 "{\"status\":\"error\",\"error\":\"%s\",\"message\":\"m\"}\n",
+		                 all_codes[i].name);
+
+		if (all_codes[i].source == ERR_BY_RUNNER) {
+			assert_int_equal(frame_parse(frame, (size_t)n, &f, &e), 0);
+			assert_string_equal(f.code, all_codes[i].name);
+		} else {
+			assert_int_equal(frame_parse(frame, (size_t)n, &f, &e), -1);
+		}
+		frame_free(&f);
+		metrics_run(m, all_codes[i].name, -1);
+		text = metrics_render(m, &g);
+		assert_non_null(text);
+		snprintf(line, sizeof(line), "pyexec_requests_total{outcome=\"%s\"} 1\n",
+		         all_codes[i].name);
+		assert_non_null(strstr(text, line));
+		free(text);
+	}
+	metrics_free(m);
 }
 
 static void json_check_grammar(void **state)
@@ -388,6 +460,93 @@ static void frame_then_death_not_trusted(void **state)
 	run_result_free(&run);
 }
 
+/* The config tests start from an environment with no PYEXEC_* (nor PORT) and leave it so,
+ * whatever the developer has set and whether or not an assertion failed. */
+static char **saved_env;
+
+static void env_clear(void)
+{
+	for (size_t i = 0; environ[i];) {
+		char name[256];
+		size_t n = strcspn(environ[i], "=");
+
+		if ((strncmp(environ[i], "PYEXEC_", 7) != 0 &&
+		     strncmp(environ[i], "PORT=", 5) != 0) ||
+		    n >= sizeof(name)) {
+			i++;
+			continue;
+		}
+		memcpy(name, environ[i], n);
+		name[n] = '\0';
+		unsetenv(name); /* environ shifts down: look at index i again */
+	}
+}
+
+static int env_setup(void **state)
+{
+	size_t n = 0;
+
+	(void)state;
+	while (environ[n])
+		n++;
+	saved_env = calloc(n + 1, sizeof(*saved_env));
+	for (size_t i = 0; saved_env && i < n; i++)
+		saved_env[i] = strdup(environ[i]);
+	env_clear();
+	return saved_env ? 0 : -1;
+}
+
+static int env_teardown(void **state)
+{
+	(void)state;
+	env_clear();
+	for (size_t i = 0; saved_env && saved_env[i]; i++) {
+		char *eq = strchr(saved_env[i], '=');
+
+		if (eq && (strncmp(saved_env[i], "PYEXEC_", 7) == 0 ||
+		           strncmp(saved_env[i], "PORT=", 5) == 0)) {
+			*eq = '\0';
+			setenv(saved_env[i], eq + 1, 1);
+		}
+		free(saved_env[i]);
+	}
+	free(saved_env);
+	saved_env = NULL;
+	return 0;
+}
+
+/* A developer's own settings must not reach config_load in these tests. */
+static void config_ignores_outer_env(void **state)
+{
+	struct config c;
+	struct err e;
+	char *argv[] = {"pyexecd", NULL};
+
+	(void)state;
+	assert_null(getenv("PYEXEC_TIMEOUT"));
+	assert_null(getenv("PORT"));
+	assert_int_equal(config_load(&c, 1, argv, &e), 0);
+	assert_true(c.timeout == 10);
+}
+
+/* The pool's one cap, as config checks it. */
+static void config_pool_cap(void **state)
+{
+	struct config c;
+	struct err e;
+	char cap[16], over[16];
+	char *at_cap[] = {"pyexecd", "--pool", cap, NULL};
+	char *too_many[] = {"pyexecd", "--pool", over, NULL};
+
+	(void)state;
+	snprintf(cap, sizeof(cap), "%d", POOL_MAX);
+	snprintf(over, sizeof(over), "%d", POOL_MAX + 1);
+	assert_int_equal(config_load(&c, 3, at_cap, &e), 0);
+	assert_int_equal(c.pool, POOL_MAX);
+	assert_int_equal(config_load(&c, 3, too_many, &e), -1);
+	assert_non_null(strstr(e.message, cap));
+}
+
 static void config_env_and_flags(void **state)
 {
 	struct config c;
@@ -410,9 +569,6 @@ static void config_env_and_flags(void **state)
 	setenv("PYEXEC_TIMEOUT", "40", 1);
 	assert_int_equal(config_load(&c, 1, argv, &e), -1);
 	assert_non_null(strstr(e.message, "PYEXEC_MAX_TIMEOUT"));
-	unsetenv("PYEXEC_TIMEOUT");
-	unsetenv("PYEXEC_MAX_TIMEOUT");
-	unsetenv("PORT");
 }
 
 static void config_isolation(void **state)
@@ -439,7 +595,6 @@ static void config_isolation(void **state)
 	unsetenv("PYEXEC_RUN_UID");
 	assert_int_equal(config_load(&c, 1, argv, &e), 0);
 	assert_string_equal(c.isolation, "auto");
-	unsetenv("PYEXEC_ISOLATION");
 }
 
 static void config_playground(void **state)
@@ -508,7 +663,9 @@ static void config_file_caps(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(config_playground),
+	    cmocka_unit_test_setup_teardown(config_playground, env_setup, env_teardown),
+	    cmocka_unit_test_setup_teardown(config_ignores_outer_env, env_setup, env_teardown),
+	    cmocka_unit_test_setup_teardown(config_pool_cap, env_setup, env_teardown),
 	    cmocka_unit_test(static_files),
 	    cmocka_unit_test(request_valid),
 	    cmocka_unit_test(request_invalid_json),
@@ -522,12 +679,14 @@ int main(void)
 	    cmocka_unit_test(text_clean),
 	    cmocka_unit_test(buf_caps),
 	    cmocka_unit_test(frame_header_needs_newline),
-	    cmocka_unit_test(config_env_and_flags),
-	    cmocka_unit_test(config_isolation),
-	    cmocka_unit_test(config_file_caps),
+	    cmocka_unit_test(frame_result_too_deep),
+	    cmocka_unit_test_setup_teardown(config_env_and_flags, env_setup, env_teardown),
+	    cmocka_unit_test_setup_teardown(config_isolation, env_setup, env_teardown),
+	    cmocka_unit_test_setup_teardown(config_file_caps, env_setup, env_teardown),
+	    cmocka_unit_test(errcodes_frame_and_metrics),
 	    cmocka_unit_test(json_check_grammar),
 	    cmocka_unit_test(frame_then_death_not_trusted),
 	};
 	int failed = cmocka_run_group_tests(tests, NULL, NULL);
-	return failed + unit_rmtree() + unit_files();
+	return failed + unit_rmtree() + unit_files() + unit_sweep() + unit_admit();
 }

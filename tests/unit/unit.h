@@ -4,5 +4,7 @@
 
 int unit_rmtree(void);
 int unit_files(void);
+int unit_sweep(void);
+int unit_admit(void);
 
 #endif
