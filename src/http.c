@@ -23,6 +23,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "pool.h"
+#include "clock.h"
 #include "run.h"
 #include "runuser.h"
 #include "static.h"
@@ -128,7 +129,7 @@ static void log_request(struct MHD_Connection *conn, const char *method, const c
                         const struct request *rq, int status, const char *outcome)
 {
 	const char *ua = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "User-Agent");
-	double s = run_now() - rq->t0;
+	double s = clock_now() - rq->t0;
 	char latency[32];
 
 	snprintf(latency, sizeof(latency), "%.6fs", s);
@@ -539,7 +540,7 @@ static enum MHD_Result serve_static(struct MHD_Connection *conn, const char *met
  * bytes come: the idle timeout alone would let a trickle hold a connection for ever. */
 static bool body_late(const struct http *h, const struct request *rq)
 {
-	return run_now() - rq->t0 > (double)h->cfg->connection_timeout;
+	return clock_now() - rq->t0 > (double)h->cfg->connection_timeout;
 }
 
 static bool drain_over(const struct http *h, const struct request *rq)
@@ -621,7 +622,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 			return MHD_NO;
 		buf_init(&rq->body, h->cfg->body_max + 1);
 		rq->h = h;
-		rq->t0 = run_now();
+		rq->t0 = clock_now();
 		request_id(conn, rq->id);
 		*state = rq;
 		return route(h, conn, url, method, rq);
@@ -686,7 +687,7 @@ static bool self_check(struct http *h)
 {
 	struct job job;
 	struct err e;
-	double t0 = run_now();
+	double t0 = clock_now();
 	bool ok = false;
 
 	if (api_job_script(PROBE_SCRIPT, 5, &job, &e) < 0)
@@ -700,7 +701,7 @@ static bool self_check(struct http *h)
 	api_job_free(&job);
 	log_json(ok ? "INFO" : "WARNING",
 	         json_pack("{s:b,s:s,s:f}", "ok", ok, "tier", jail_tier_name(h->tier), "durationMs",
-	                   (run_now() - t0) * 1e3),
+	                   (clock_now() - t0) * 1e3),
 	         "sandbox self-check of tier %s %s", jail_tier_name(h->tier),
 	         ok ? "passed" : "failed");
 	return ok;
@@ -882,7 +883,7 @@ struct http *http_start(const struct config *c, struct err *e)
 
 unsigned http_shutdown(struct http *h)
 {
-	double end = run_now() + h->cfg->grace + STOP_DRAIN_SECONDS;
+	double end = clock_now() + h->cfg->grace + STOP_DRAIN_SECONDS;
 	uint64_t one = 1;
 	unsigned left;
 
@@ -894,7 +895,7 @@ unsigned http_shutdown(struct http *h)
 		admit_drain(h->admit, STOP_DRAIN_SECONDS);
 	}
 	/* Answers already decided still go out. */
-	while (atomic_load(&h->answering) && run_now() < end)
+	while (atomic_load(&h->answering) && clock_now() < end)
 		usleep(10000);
 	return left;
 }

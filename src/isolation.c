@@ -10,6 +10,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "run.h"
 #include "spawn.h"
 
@@ -32,7 +33,7 @@ static const char *const ns_flags[7] = {
 static bool probe_run(char *const argv[], const struct spawn_user *user)
 {
 	int null = open("/dev/null", O_RDWR | O_CLOEXEC), fds[SPAWN_FDS], status = 0;
-	double end = run_now() + PROBE_SECONDS;
+	double end = clock_now() + PROBE_SECONDS;
 	struct err e;
 	pid_t pid, w;
 
@@ -44,7 +45,7 @@ static bool probe_run(char *const argv[], const struct spawn_user *user)
 	close(null);
 	if (pid < 0)
 		return false;
-	while ((w = waitpid(pid, &status, WNOHANG)) == 0 && run_now() < end)
+	while ((w = waitpid(pid, &status, WNOHANG)) == 0 && clock_now() < end)
 		usleep(2000);
 	if (w != pid) {
 		kill(pid, SIGKILL);
@@ -114,7 +115,7 @@ void isolation_probe(const struct config *c, uid_t probe_uid, struct isolation *
 	    "--seccomp_string=POLICY p { ERRNO(1) { getppid } } USE p DEFAULT ALLOW", NULL};
 	char code[160];
 	struct spawn_user as = {.uid = probe_uid, .gid = (gid_t)probe_uid, .dir = "/"};
-	double t0 = run_now();
+	double t0 = clock_now();
 
 	memset(iso, 0, sizeof(*iso));
 	kernel_name(iso->kernel, sizeof(iso->kernel));
@@ -136,7 +137,7 @@ void isolation_probe(const struct config *c, uid_t probe_uid, struct isolation *
 	    iso->ok[ISO_SETUID] &&
 	    probe(c, 0, deny_getppid, "import os; raise SystemExit(0 if os.getppid() == -1 else 3)",
 	          &as);
-	iso->ms = (run_now() - t0) * 1e3;
+	iso->ms = (clock_now() - t0) * 1e3;
 }
 
 void isolation_missing_full(const struct isolation *iso, char *out, size_t n)

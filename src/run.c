@@ -15,6 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "outdir.h"
 #include "spawn.h"
 
@@ -50,14 +51,6 @@ struct io {
 	size_t records_at; /* where the records start, once the line is complete */
 	int init_status;   /* -1 until the whole report is in */
 };
-
-double run_now(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 static void close_fd(int *fd)
 {
@@ -109,7 +102,7 @@ struct sandbox *sandbox_start(char *const *argv, const char *tag, const struct s
 	snprintf(sb->tag, sizeof(sb->tag), "%s", tag);
 	buf_init(&sb->ready, strlen(READY_LINE));
 	buf_init(&sb->diag, DIAG_MAX);
-	sb->started_at = run_now();
+	sb->started_at = clock_now();
 	sb->pid = -1;
 	sb->uid = user ? user->uid : 0;
 	if (user)
@@ -200,7 +193,7 @@ int sandbox_check(struct sandbox *sb)
 	if (memcmp(sb->ready.data, READY_LINE, want) != 0)
 		return -1;
 	sb->is_ready = true;
-	sb->ready_at = run_now();
+	sb->ready_at = clock_now();
 	oom_mark(sb, sb->pid, 2);
 	return 1;
 }
@@ -220,11 +213,11 @@ bool sandbox_alive(struct sandbox *sb)
 
 int sandbox_wait_ready(struct sandbox *sb, double seconds)
 {
-	double deadline = run_now() + seconds;
+	double deadline = clock_now() + seconds;
 
 	for (;;) {
 		struct pollfd p = {.fd = sb->chan, .events = POLLIN};
-		double left = deadline - run_now();
+		double left = deadline - clock_now();
 		int rc;
 
 		if (left <= 0)
@@ -307,7 +300,7 @@ static void kill_jail(struct io *io, enum run_end why)
 	sandbox_kill(io->sb->pid, io->sb->uid);
 	io->killed = true;
 	io->r->end = why;
-	io->deadline = run_now() + DRAIN_SECONDS;
+	io->deadline = clock_now() + DRAIN_SECONDS;
 }
 
 static void poll_once(struct io *io)
@@ -324,7 +317,7 @@ static void poll_once(struct io *io)
 	    {.fd = io->killed ? -1 : io->spec->cancel_fds[1], .events = POLLIN | POLLRDHUP},
 	};
 	int *fds[3] = {&sb->out, &sb->err, &sb->chan};
-	double left = io->deadline - run_now();
+	double left = io->deadline - clock_now();
 
 	if (poll(pfd, 7, left > 0 ? (int)ceil(left * 1000) : 0) < 0)
 		return;
@@ -473,12 +466,12 @@ static bool reap_later(struct sandbox *sb, const struct run_spec *s)
 
 void sandbox_reaper_drain(double seconds)
 {
-	double end = run_now() + seconds;
+	double end = clock_now() + seconds;
 
 	pthread_mutex_lock(&reap_mu);
-	while (reap_pending && run_now() < end) {
+	while (reap_pending && clock_now() < end) {
 		struct timespec ts;
-		clock_gettime(CLOCK_REALTIME, &ts);
+		clock_gettime(CLOCK_REALTIME, &ts); /* reap_cv's clock; the supervisor replaces it */
 		ts.tv_nsec += 20 * 1000000L;
 		ts.tv_sec += ts.tv_nsec / 1000000000L;
 		ts.tv_nsec %= 1000000000L;
@@ -510,7 +503,7 @@ static void collect_files(struct io *io)
 void sandbox_run(struct sandbox *sb, const struct run_spec *s, struct run_result *r)
 {
 	struct io io = {.sb = sb, .spec = s, .r = r, .init_status = -1};
-	double handover = run_now();
+	double handover = clock_now();
 
 	memset(r, 0, sizeof(*r));
 	buf_init(&r->out, s->stdout_max);
@@ -526,7 +519,7 @@ void sandbox_run(struct sandbox *sb, const struct run_spec *s, struct run_result
 	while (sb->out >= 0 || sb->err >= 0 || sb->chan >= 0 || sb->status >= 0) {
 		if (io.init_status >= 0 && !io.killed)
 			break; /* the script's process is gone */
-		if (run_now() < io.deadline)
+		if (clock_now() < io.deadline)
 			poll_once(&io);
 		else if (!io.killed)
 			kill_jail(&io, RUN_TIMEOUT);
@@ -534,7 +527,7 @@ void sandbox_run(struct sandbox *sb, const struct run_spec *s, struct run_result
 			break; /* something outside the jail holds a pipe: give up on it */
 	}
 	drain(&io);
-	r->exec_ms = (long)((run_now() - handover) * 1000);
+	r->exec_ms = (long)((clock_now() - handover) * 1000);
 	/* The restricted tier has no namespace whose end ends every process: every task of the
 	 * run's uid is gone before the answer (the kernel's kill, then a scan of every task). */
 	if (io.init_status == 0 && !io.killed)

@@ -84,6 +84,4 @@ void sandbox_destroy(struct sandbox *sb, struct run_result *r);
 
 void run_result_free(struct run_result *r);
 
-double run_now(void); /* monotonic seconds */
-
 #endif
