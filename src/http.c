@@ -27,6 +27,7 @@
 #include "run.h"
 #include "runuser.h"
 #include "static.h"
+#include "supervisor.h"
 
 /* Checks, from inside, what each tier promises: a uid that is not the server's, seccomp on the
  * script, and in the restricted tier no AF_INET socket and seccomp on nsjail itself (the
@@ -67,14 +68,19 @@ struct http {
 	enum jail_tier tier; /* when jail is set */
 	json_t *iso_report;  /* what tier_choose learned, shown by /healthz */
 	atomic_bool shutting_down;
-	atomic_uint answering; /* /execute requests whose answer is not yet sent */
+	/* Under mu, with changes broadcast on cv: */
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	unsigned answering; /* /execute requests whose answer is not yet sent */
+	unsigned workers;   /* request threads still running (they hold suspended connections) */
+	struct worker *finished; /* request threads that are done, to be joined */
 	/* Request bodies held in memory, and how much they may hold together: many half-sent
 	 * bodies must not take the server's memory. */
 	atomic_size_t body_bytes;
 	size_t body_budget;
-	atomic_uint workers; /* request threads still running (they hold suspended connections) */
-	int stop_fd;         /* eventfd, readable once in-flight runs must stop */
+	int stop_fd; /* eventfd, readable once in-flight runs must stop */
 	struct api_limits lim;
+	struct supervisor *sup; /* every jail's and probe's processes */
 	struct pool *pool;
 	struct admit *admit;
 	struct metrics *metrics;
@@ -96,11 +102,43 @@ struct request {
 	struct MHD_Connection *conn;
 	int fd;
 	struct job job;
+	struct worker *worker; /* its thread, once started */
 	enum { RQ_NEW, RQ_RUNNING, RQ_DONE } phase;
 	enum admit_rc admitted;
 	struct response r;
 	long ms;
 };
+
+/* A request thread, joined by the next one to start or by http_stop once it is done. */
+struct worker {
+	pthread_t thread;
+	struct worker *next;
+};
+
+/* Joins every finished request thread. */
+static void join_finished(struct http *h)
+{
+	struct worker *w;
+
+	pthread_mutex_lock(&h->mu);
+	w = h->finished;
+	h->finished = NULL;
+	pthread_mutex_unlock(&h->mu);
+	while (w) {
+		struct worker *next = w->next;
+		pthread_join(w->thread, NULL);
+		free(w);
+		w = next;
+	}
+}
+
+static void count_answering(struct http *h, int delta)
+{
+	pthread_mutex_lock(&h->mu);
+	h->answering = (unsigned)((int)h->answering + delta);
+	pthread_cond_broadcast(&h->cv);
+	pthread_mutex_unlock(&h->mu);
+}
 
 /* Extra header for a response, beyond the contract's own. */
 struct header {
@@ -205,7 +243,7 @@ static struct sandbox *sandbox_get(struct http *h, const char *rid, bool *busy)
 		metrics_jail_start(h->metrics, sandbox_start_seconds(sb));
 		return sb;
 	}
-	jail_discard(h->jail, sb, &failed);
+	sandbox_destroy(sb, &failed);
 	log_json("ERROR",
 	         json_pack("{s:s,s:i,s:s}", "requestId", rid, "exitCode", failed.exit_code,
 	                   "nsjail", failed.diag),
@@ -226,8 +264,6 @@ static long run_job(struct http *h, const struct job *job, int client_fd, struct
 	    .chan_max = c->result_max + FRAME_HEADER_MAX + 1, /* + the header's newline */
 	    .files = &h->lim.files,
 	    .cancel_fds = {client_fd, h->stop_fd},
-	    .reaped = jail_reaped,
-	    .reaped_ctx = h->jail,
 	};
 	bool busy = false;
 	struct sandbox *sb = sandbox_get(h, rid, &busy);
@@ -245,7 +281,6 @@ static long run_job(struct http *h, const struct job *job, int client_fd, struct
 		run.end = RUN_START_FAILED;
 	} else {
 		sandbox_run(sb, &spec, &run);
-		jail_done(h->jail, &run);
 	}
 	if (api_outcome_response(&run, job, &h->lim, r) < 0)
 		api_error_response(r, 500, "internal", "The server is out of memory; try again.");
@@ -283,6 +318,7 @@ static void *request_thread(void *arg)
 {
 	struct request *rq = arg;
 	struct http *h = rq->h;
+	struct worker *self = rq->worker;
 	double waited;
 
 	rq->admitted = admit_enter(h->admit, rq->fd, &waited);
@@ -293,29 +329,38 @@ static void *request_thread(void *arg)
 	}
 	api_job_free(&rq->job);
 	rq->phase = RQ_DONE;
-	MHD_resume_connection(rq->conn);
-	atomic_fetch_sub(&h->workers, 1);
+	MHD_resume_connection(rq->conn); /* rq may be freed from here on */
+	pthread_mutex_lock(&h->mu);
+	self->next = h->finished;
+	h->finished = self;
+	h->workers--;
+	pthread_cond_broadcast(&h->cv);
+	pthread_mutex_unlock(&h->mu);
 	return NULL;
 }
 
 static enum MHD_Result start_request_thread(struct http *h, struct MHD_Connection *conn,
                                             struct request *rq)
 {
-	pthread_attr_t attr;
-	pthread_t t;
-	int rc;
+	int rc = -1;
 
+	join_finished(h);
 	rq->conn = conn;
 	rq->fd = client_fd(conn);
 	rq->phase = RQ_RUNNING;
-	atomic_fetch_add(&h->workers, 1);
+	rq->worker = calloc(1, sizeof(*rq->worker));
+	pthread_mutex_lock(&h->mu);
+	h->workers++;
+	pthread_mutex_unlock(&h->mu);
 	MHD_suspend_connection(conn);
-	pthread_attr_init(&attr);
-	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-	rc = pthread_create(&t, &attr, request_thread, rq);
-	pthread_attr_destroy(&attr);
+	if (rq->worker)
+		rc = pthread_create(&rq->worker->thread, NULL, request_thread, rq);
 	if (rc != 0) {
-		atomic_fetch_sub(&h->workers, 1);
+		free(rq->worker);
+		pthread_mutex_lock(&h->mu);
+		h->workers--;
+		pthread_cond_broadcast(&h->cv);
+		pthread_mutex_unlock(&h->mu);
 		rq->phase = RQ_DONE;
 		rq->admitted = ADMIT_BUSY;
 		api_job_free(&rq->job);
@@ -585,7 +630,7 @@ static enum MHD_Result route(struct http *h, struct MHD_Connection *conn, const 
 		return respond_error(conn, method, url, rq, 405, "method_not_allowed",
 		                     "Use POST for /execute.", (struct header){"Allow", "POST"});
 	/* Counted until its answer is sent, so a shutdown does not cut it off. */
-	atomic_fetch_add(&h->answering, 1);
+	count_answering(h, 1);
 	rq->counted = true;
 	if (atomic_load(&h->shutting_down))
 		return refuse(h, conn, url, rq, ADMIT_STOPPING);
@@ -655,7 +700,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **state,
 	if (!rq)
 		return;
 	if (rq->counted)
-		atomic_fetch_sub(&rq->h->answering, 1);
+		count_answering(rq->h, -1);
 	api_response_free(&rq->r);
 	atomic_fetch_sub(&rq->h->body_bytes, rq->held);
 	buf_free(&rq->body);
@@ -713,7 +758,7 @@ static bool tier_try(struct http *h, enum jail_tier tier, char *why, size_t n)
 	struct err je;
 
 	h->tier = tier;
-	h->jail = jail_new(h->cfg, &h->cg, tier, &je);
+	h->jail = jail_new(h->cfg, &h->cg, h->sup, tier, &je);
 	if (!h->jail) {
 		/* The details (paths) go to the log; clients get what to look for. */
 		log_error("tier %s: %s", jail_tier_name(tier), je.message);
@@ -766,7 +811,7 @@ static void tier_choose(struct http *h)
 	bool ok = false;
 	json_t *report;
 
-	isolation_probe(h->cfg, (uid_t)(h->cfg->run_uid + h->cfg->run_uids - 1), &h->iso);
+	isolation_probe(h->cfg, h->sup, (uid_t)(h->cfg->run_uid + h->cfg->run_uids - 1), &h->iso);
 	if (strcmp(want, "restricted") != 0)
 		ok = tier_try(h, JAIL_FULL, full_why, sizeof(full_why));
 	if (!ok && strcmp(want, "full") != 0)
@@ -819,6 +864,9 @@ static int http_parts(struct http *h, const struct config *c, struct err *e)
 		         h->cg.why);
 	else
 		log_info("per-run memory and process limits: cgroup %s", cgroup_mode_name(&h->cg));
+	h->sup = supervisor_new(e);
+	if (!h->sup)
+		return -1;
 	/* Self-checks first, with the pool still empty, so each check starts a jail itself. */
 	h->pool = pool_new(NULL, 0, 1, 1, h->metrics, e);
 	if (!h->pool)
@@ -836,13 +884,18 @@ static int http_parts(struct http *h, const struct config *c, struct err *e)
 
 static void http_free(struct http *h)
 {
+	/* The pool's jails end first, then whatever the supervisor still ends and tears down
+	 * (its teardowns use the jail), and only then the jail. */
 	pool_free(h->pool);
+	supervisor_stop(h->sup);
 	jail_free(h->jail);
 	json_decref(h->iso_report);
 	admit_free(h->admit);
 	metrics_free(h->metrics);
 	if (h->stop_fd >= 0)
 		close(h->stop_fd);
+	pthread_cond_destroy(&h->cv);
+	pthread_mutex_destroy(&h->mu);
 	free(h);
 }
 
@@ -854,6 +907,8 @@ struct http *http_start(const struct config *c, struct err *e)
 	if (!h)
 		return NULL;
 	h->stop_fd = -1;
+	pthread_mutex_init(&h->mu, NULL);
+	clock_cond_init(&h->cv);
 	if (parse_addr(c, &sa, e) < 0 || http_parts(h, c, e) < 0) {
 		http_free(h);
 		return NULL;
@@ -894,9 +949,13 @@ unsigned http_shutdown(struct http *h)
 		(void)!write(h->stop_fd, &one, sizeof(one));
 		admit_drain(h->admit, STOP_DRAIN_SECONDS);
 	}
-	/* Answers already decided still go out. */
-	while (atomic_load(&h->answering) && clock_now() < end)
-		usleep(10000);
+	/* Answers already decided still go out: on_completed wakes this wait. */
+	pthread_mutex_lock(&h->mu);
+	while (h->answering && clock_now() < end) {
+		struct timespec ts = clock_after(end - clock_now());
+		pthread_cond_timedwait(&h->cv, &h->mu, &ts);
+	}
+	pthread_mutex_unlock(&h->mu);
 	return left;
 }
 
@@ -904,9 +963,11 @@ void http_stop(struct http *h)
 {
 	/* Runs were told to stop by http_shutdown; their threads hold suspended connections and
 	 * must hand them back before the daemon goes. */
-	while (atomic_load(&h->workers))
-		usleep(10000);
+	pthread_mutex_lock(&h->mu);
+	while (h->workers)
+		pthread_cond_wait(&h->cv, &h->mu);
+	pthread_mutex_unlock(&h->mu);
+	join_finished(h);
 	MHD_stop_daemon(h->daemon);
-	sandbox_reaper_drain(STOP_DRAIN_SECONDS);
 	http_free(h);
 }

@@ -83,7 +83,7 @@ static void pool_drop(struct pool *p, unsigned i, const char *why)
 	if (was_ready)
 		p->n_ready--;
 	pthread_mutex_unlock(&p->mu);
-	jail_discard(p->jail, sb, &r);
+	sandbox_destroy(sb, &r);
 	pthread_mutex_lock(&p->mu);
 	if (!was_ready && strcmp(why, "expired") != 0)
 		pool_failed_start(p, &r);
@@ -207,7 +207,7 @@ struct sandbox *pool_take(struct pool *p)
 	/* One that died a moment ago is not handed a script: end it and try the next. */
 	if (sb && !sandbox_alive(sb)) {
 		struct run_result r;
-		jail_discard(p->jail, sb, &r);
+		sandbox_destroy(sb, &r);
 		metrics_jail_event(p->m, "died");
 		return pool_take(p);
 	}
@@ -237,7 +237,7 @@ void pool_free(struct pool *p)
 		struct run_result r;
 		if (!p->sbs[i])
 			continue;
-		jail_discard(p->jail, p->sbs[i], &r);
+		sandbox_destroy(p->sbs[i], &r);
 	}
 	close(p->wake);
 	pthread_mutex_destroy(&p->mu);

@@ -5,26 +5,26 @@
 #include <limits.h>
 #include <math.h>
 #include <poll.h>
-#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "clock.h"
 #include "outdir.h"
 #include "spawn.h"
+#include "supervisor.h"
 
 #define READY_LINE "READY\n"
 #define DRAIN_SECONDS 2.0 /* after a kill, how long buffered output may take to arrive */
 #define DIAG_MAX 4096
+#define REAP_SECONDS 2.0 /* a jail's own teardown takes milliseconds; then it is killed */
 
 struct sandbox {
-	pid_t pid;
+	struct proc *proc; /* nsjail, owned through the supervisor */
 	uid_t
 	    uid; /* restricted tier: the run's own uid, whose every process dies with it; else 0 */
 	int in, out, err, chan, status; /* the parent's ends; -1 once closed */
@@ -32,7 +32,6 @@ struct sandbox {
 	struct buf diag;                /* nsjail's own messages */
 	bool is_ready;
 	double started_at, ready_at;
-	char tag[32];
 	pid_t procs[4]; /* nsjail, the jail's init, the runner: known once ready */
 	unsigned nprocs;
 	char dir[PATH_MAX]; /* restricted tier: the run's working directory */
@@ -75,16 +74,8 @@ static void sandbox_free(struct sandbox *sb)
 	free(sb);
 }
 
-/* Ends the jail. In the restricted tier nothing dies with nsjail, so every process of the
- * run's uid is killed too. */
-static void sandbox_kill(pid_t pid, uid_t uid)
-{
-	kill(pid, SIGKILL);
-	if (uid)
-		spawn_kill_user(uid);
-}
-
-struct sandbox *sandbox_start(char *const *argv, const char *tag, const struct spawn_user *user,
+struct sandbox *sandbox_start(struct supervisor *sup, char *const *argv,
+                              const struct spawn_user *user, const struct proc_opts *o,
                               struct err *e)
 {
 	/* The child's descriptors 0-4: stdin, stdout, stderr, result channel, init status. */
@@ -94,16 +85,15 @@ struct sandbox *sandbox_start(char *const *argv, const char *tag, const struct s
 	int i;
 
 	if (!sb) {
+		sup_abandon(o);
 		err_set(e, 500, "internal", "out of memory");
 		return NULL;
 	}
 	mine[0] = &sb->in, mine[1] = &sb->out, mine[2] = &sb->err, mine[3] = &sb->chan;
 	mine[4] = &sb->status;
-	snprintf(sb->tag, sizeof(sb->tag), "%s", tag);
 	buf_init(&sb->ready, strlen(READY_LINE));
 	buf_init(&sb->diag, DIAG_MAX);
 	sb->started_at = clock_now();
-	sb->pid = -1;
 	sb->uid = user ? user->uid : 0;
 	if (user)
 		snprintf(sb->dir, sizeof(sb->dir), "%s", user->dir);
@@ -111,16 +101,18 @@ struct sandbox *sandbox_start(char *const *argv, const char *tag, const struct s
 		p[i][0] = p[i][1] = *mine[i] = -1;
 	for (i = 0; i < SPAWN_FDS && pipe_pair(p[i], parent_end[i]) == 0; i++)
 		child[i] = p[i][!parent_end[i]];
-	if (i < SPAWN_FDS)
+	if (i < SPAWN_FDS) {
 		err_set(e, 500, "internal", "cannot create pipes: %s", strerror(errno));
-	else
-		sb->pid = spawn_process(argv, child, user, e);
+		sup_abandon(o);
+	} else {
+		sb->proc = sup_spawn(sup, argv, child, user, o, e);
+	}
 	/* The child's ends are the child's alone now. */
 	for (i = 0; i < SPAWN_FDS; i++) {
 		close_fd(&p[i][!parent_end[i]]);
 		*mine[i] = p[i][parent_end[i]];
 	}
-	if (sb->pid < 0) {
+	if (!sb->proc) {
 		sandbox_free(sb);
 		return NULL;
 	}
@@ -194,17 +186,15 @@ int sandbox_check(struct sandbox *sb)
 		return -1;
 	sb->is_ready = true;
 	sb->ready_at = clock_now();
-	oom_mark(sb, sb->pid, 2);
+	oom_mark(sb, proc_pid(sb->proc), 2);
 	return 1;
 }
 
 bool sandbox_alive(struct sandbox *sb)
 {
 	struct pollfd p = {.fd = sb->chan, .events = POLLIN};
-	siginfo_t si = {0};
 
-	/* WNOWAIT: look without reaping; the owner still reaps it. */
-	if (waitid(P_PID, (id_t)sb->pid, &si, WEXITED | WNOHANG | WNOWAIT) == 0 && si.si_pid)
+	if (proc_exited(sb->proc))
 		return false;
 	if (poll(&p, 1, 0) > 0 && sandbox_check(sb) < 0)
 		return false;
@@ -297,7 +287,7 @@ static void write_script(struct io *io)
 static void kill_jail(struct io *io, enum run_end why)
 {
 	/* nsjail's child dies with it (PDEATHSIG), and with the namespace's init every process. */
-	sandbox_kill(io->sb->pid, io->sb->uid);
+	proc_kill(io->sb->proc);
 	io->killed = true;
 	io->r->end = why;
 	io->deadline = clock_now() + DRAIN_SECONDS;
@@ -352,132 +342,21 @@ static void drain(struct io *io)
 	}
 }
 
-/* All pipes are closed or given up on; make sure nsjail is gone and collect its status. */
-static int reap(pid_t pid, uid_t uid)
+/* Ends nsjail (after `grace` seconds, or now with kill) through the supervisor, which releases
+ * the run's resources, and frees the sandbox. */
+static void sandbox_end(struct sandbox *sb, struct run_result *r, bool kill)
 {
-	int status = 0;
-
-	/* A jail's teardown takes a few milliseconds: look often, give up after 2 s. */
-	for (int i = 0; i < 1000; i++) {
-		pid_t w = waitpid(pid, &status, WNOHANG);
-		if (w == pid)
-			goto done;
-		if (w < 0 && errno != EINTR)
-			return 255;
-		usleep(2000);
-	}
-	sandbox_kill(pid, uid);
-	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
-		;
-done:
-	if (WIFEXITED(status))
-		return WEXITSTATUS(status);
-	return 128 + WTERMSIG(status);
-}
-
-static void sandbox_end(struct sandbox *sb, struct run_result *r)
-{
+	struct proc_end end;
 	size_t n;
 
-	r->exit_code = reap(sb->pid, sb->uid);
-	memcpy(r->tag, sb->tag, sizeof(r->tag));
-	r->uid = sb->uid;
+	proc_end(sb->proc, kill, REAP_SECONDS, &end);
+	r->exit_code = end.status;
+	r->memory_hit = end.memory_hit;
 	n = sb->diag.len < sizeof(r->diag) - 1 ? sb->diag.len : sizeof(r->diag) - 1;
 	if (n)
 		memcpy(r->diag, sb->diag.data + sb->diag.len - n, n);
 	r->diag[n] = '\0';
 	sandbox_free(sb);
-}
-
-/* Jails whose script finished cleanly are reaped here, after their answer went out: the
- * kernel's teardown of a jail takes milliseconds that no request needs to wait for. */
-struct reap_job {
-	pid_t pid;
-	uid_t uid;
-	char tag[32];
-	void (*done)(void *ctx, struct run_result *r);
-	void *ctx;
-	struct reap_job *next;
-};
-
-static pthread_mutex_t reap_mu = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t reap_cv = PTHREAD_COND_INITIALIZER;
-static struct reap_job *reap_queue;
-static unsigned reap_pending;
-static bool reap_started;
-
-static void *reaper_main(void *arg)
-{
-	(void)arg;
-	pthread_mutex_lock(&reap_mu);
-	for (;;) {
-		while (!reap_queue)
-			pthread_cond_wait(&reap_cv, &reap_mu);
-		struct reap_job *job = reap_queue;
-		struct run_result r;
-		reap_queue = job->next;
-		pthread_mutex_unlock(&reap_mu);
-		memset(&r, 0, sizeof(r));
-		r.exit_code = reap(job->pid, job->uid);
-		memcpy(r.tag, job->tag, sizeof(r.tag));
-		r.uid = job->uid;
-		if (job->done)
-			job->done(job->ctx, &r);
-		free(job);
-		pthread_mutex_lock(&reap_mu);
-		reap_pending--;
-		pthread_cond_broadcast(&reap_cv);
-	}
-	return NULL;
-}
-
-/* Hands the sandbox's process to the reaper; false when it must be reaped here instead. */
-static bool reap_later(struct sandbox *sb, const struct run_spec *s)
-{
-	struct reap_job *job = calloc(1, sizeof(*job));
-	pthread_t t;
-	bool ok = true;
-
-	if (!job)
-		return false;
-	job->pid = sb->pid;
-	job->uid = sb->uid;
-	memcpy(job->tag, sb->tag, sizeof(job->tag));
-	job->done = s->reaped;
-	job->ctx = s->reaped_ctx;
-	pthread_mutex_lock(&reap_mu);
-	if (!reap_started) {
-		ok = pthread_create(&t, NULL, reaper_main, NULL) == 0;
-		if (ok)
-			pthread_detach(t);
-		reap_started = ok;
-	}
-	if (ok) {
-		job->next = reap_queue;
-		reap_queue = job;
-		reap_pending++;
-		pthread_cond_broadcast(&reap_cv);
-	}
-	pthread_mutex_unlock(&reap_mu);
-	if (!ok)
-		free(job);
-	return ok;
-}
-
-void sandbox_reaper_drain(double seconds)
-{
-	double end = clock_now() + seconds;
-
-	pthread_mutex_lock(&reap_mu);
-	while (reap_pending && clock_now() < end) {
-		struct timespec ts;
-		clock_gettime(CLOCK_REALTIME, &ts); /* reap_cv's clock; the supervisor replaces it */
-		ts.tv_nsec += 20 * 1000000L;
-		ts.tv_sec += ts.tv_nsec / 1000000000L;
-		ts.tv_nsec %= 1000000000L;
-		pthread_cond_timedwait(&reap_cv, &reap_mu, &ts);
-	}
-	pthread_mutex_unlock(&reap_mu);
 }
 
 /* What the script left under output/, once no process of it is left: in tier full the init's
@@ -533,17 +412,14 @@ void sandbox_run(struct sandbox *sb, const struct run_spec *s, struct run_result
 	if (io.init_status == 0 && !io.killed)
 		collect_files(&io);
 	buf_free(&io.status);
-	if (io.init_status == 0 && !io.killed && reap_later(sb, s)) {
+	/* A clean end: the jail's teardown takes milliseconds no answer needs to wait for. */
+	if (io.init_status == 0 && !io.killed) {
 		r->exit_code = 0;
-		memcpy(r->tag, sb->tag, sizeof(r->tag));
-		r->uid = sb->uid;
-		r->reaped_later = true;
-		sb->pid = -1;
+		proc_release(sb->proc, REAP_SECONDS);
 		sandbox_free(sb);
 		return;
 	}
-	sandbox_kill(sb->pid, sb->uid); /* the init may linger after closing its pipes */
-	sandbox_end(sb, r);
+	sandbox_end(sb, r, true); /* the init may linger after closing its pipes */
 	/* The init saw how the script's process ended; nsjail only how the init did. */
 	if (io.init_status >= 0 && !io.killed)
 		r->exit_code = io.init_status;
@@ -555,7 +431,7 @@ void sandbox_destroy(struct sandbox *sb, struct run_result *r)
 
 	if (!sb)
 		return;
-	sandbox_kill(sb->pid, sb->uid);
+	proc_kill(sb->proc);
 	/* Keep nsjail's last words for the log when it failed on its own. */
 	while (sb->err >= 0) {
 		struct pollfd p = {.fd = sb->err, .events = POLLIN};
@@ -569,7 +445,7 @@ void sandbox_destroy(struct sandbox *sb, struct run_result *r)
 		r = &ignored;
 	memset(r, 0, sizeof(*r));
 	r->end = RUN_START_FAILED;
-	sandbox_end(sb, r);
+	sandbox_end(sb, r, true);
 }
 
 void run_result_free(struct run_result *r)
