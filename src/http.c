@@ -24,7 +24,7 @@
 #include "metrics.h"
 #include "pool.h"
 #include "clock.h"
-#include "run.h"
+#include "sandbox.h"
 #include "runuser.h"
 #include "static.h"
 #include "supervisor.h"

@@ -9,7 +9,7 @@
 #include "cgroup.h"
 #include "config.h"
 #include "err.h"
-#include "run.h"
+#include "sandbox.h"
 #include "runuser.h"
 #include "supervisor.h"
 

@@ -5,7 +5,7 @@
 #define PYEXEC_POOL_H
 
 #include "err.h"
-#include "run.h"
+#include "sandbox.h"
 
 struct pool;
 struct metrics;

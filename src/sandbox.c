@@ -1,4 +1,4 @@
-#include "run.h"
+#include "sandbox.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -1,8 +1,8 @@
-/* run: one script in one fresh jail. A sandbox is a started nsjail and the parent's ends of its
- * pipes; whoever holds the pointer owns the process and must end it with sandbox_run or
- * sandbox_destroy, which kill it if needed, reap it and close every descriptor. */
-#ifndef PYEXEC_RUN_H
-#define PYEXEC_RUN_H
+/* sandbox: one started jail, nsjail and the parent's ends of its pipes, that runs exactly one
+ * script. Whoever holds the pointer owns it and must end it with sandbox_run or
+ * sandbox_destroy; its process belongs to the supervisor, which kills, reaps and tears down. */
+#ifndef PYEXEC_SANDBOX_H
+#define PYEXEC_SANDBOX_H
 
 #include <stdbool.h>
 
