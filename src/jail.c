@@ -15,6 +15,7 @@
 #include "landlock.h"
 #include "log.h"
 #include "runuser.h"
+#include "sysfile.h"
 
 #define ARGS_MAX 64
 
@@ -85,14 +86,9 @@ static int stdlib_dir(const char *python_real, char *out, size_t n)
 static bool can_renice(void)
 {
 	char text[4096], *cap;
-	int fd = open("/proc/self/status", O_RDONLY | O_CLOEXEC);
-	ssize_t n = fd >= 0 ? read(fd, text, sizeof(text) - 1) : -1;
 
-	if (fd >= 0)
-		close(fd);
-	if (n <= 0)
+	if (sysfile_read(AT_FDCWD, "/proc/self/status", text, sizeof(text)) <= 0)
 		return false;
-	text[n] = '\0';
 	cap = strstr(text, "CapEff:");
 	return cap && (strtoull(cap + 7, NULL, 16) >> 23) & 1; /* CAP_SYS_NICE */
 }

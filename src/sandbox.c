@@ -17,6 +17,7 @@
 #include "outdir.h"
 #include "spawn.h"
 #include "supervisor.h"
+#include "sysfile.h"
 
 #define READY_LINE "READY\n"
 #define DRAIN_SECONDS 2.0 /* after a kill, how long buffered output may take to arrive */
@@ -140,26 +141,17 @@ double sandbox_start_seconds(const struct sandbox *sb)
 static void oom_mark(struct sandbox *sb, pid_t pid, int depth)
 {
 	char path[64], list[512];
-	int fd, n;
 
 	if (sb->nprocs < sizeof(sb->procs) / sizeof(sb->procs[0]))
 		sb->procs[sb->nprocs++] = pid;
 
 	snprintf(path, sizeof(path), "/proc/%d/oom_score_adj", (int)pid);
-	fd = open(path, O_WRONLY | O_CLOEXEC);
-	if (fd >= 0) {
-		(void)!write(fd, "1000", 4);
-		close(fd);
-	}
+	sysfile_write(path, "1000");
 	if (depth == 0)
 		return;
 	snprintf(path, sizeof(path), "/proc/%d/task/%d/children", (int)pid, (int)pid);
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
+	if (sysfile_read(AT_FDCWD, path, list, sizeof(list)) < 0)
 		return;
-	n = (int)read(fd, list, sizeof(list) - 1);
-	close(fd);
-	list[n > 0 ? n : 0] = '\0';
 	for (char *p = list, *end; *p; p = end) {
 		long child = strtol(p, &end, 10);
 		if (end == p)

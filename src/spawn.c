@@ -20,6 +20,7 @@
 
 #include "clock.h"
 #include "landlock.h"
+#include "sysfile.h"
 
 /* How long a uid's processes may take to die after SIGKILL before the kill counts as failed. */
 #define KILL_SECONDS 2.0
@@ -187,18 +188,10 @@ pid_t spawn_process(char *const argv[], const int fds[SPAWN_FDS], const struct s
 static bool read_status_file(int proc, const char *name, const char *file, char *text, size_t n)
 {
 	char path[300];
-	ssize_t len;
-	int fd;
 
-	snprintf(path, sizeof(path), "%s/%s", name, file);
-	fd = openat(proc, path, O_RDONLY | O_CLOEXEC);
-	len = fd >= 0 ? read(fd, text, n - 1) : -1;
-	if (fd >= 0)
-		close(fd);
-	if (len <= 0)
+	if (snprintf(path, sizeof(path), "%s/%s", name, file) >= (int)sizeof(path))
 		return false;
-	text[len] = '\0';
-	return true;
+	return sysfile_read(proc, path, text, n) > 0;
 }
 
 /* From a status file: whether the task runs as uid (real, effective, saved or file system
