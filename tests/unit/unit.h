@@ -4,5 +4,6 @@
 
 int unit_rmtree(void);
 int unit_files(void);
+int unit_supervisor(void);
 
 #endif
