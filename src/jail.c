@@ -360,6 +360,7 @@ struct sandbox *jail_start(struct jail *j, bool for_pool, struct err *e)
 			return NULL;
 		user.gid = (gid_t)user.uid;
 		user.dir = dir;
+		o.uid = user.uid;
 		snprintf(opt[0], sizeof(opt[0]), "--cwd=%s", dir);
 		snprintf(opt[1], sizeof(opt[1]), "--env=HOME=%s", dir);
 		snprintf(opt[2], sizeof(opt[2]), "--env=TMPDIR=%s", dir);
@@ -386,7 +387,6 @@ struct sandbox *jail_start(struct jail *j, bool for_pool, struct err *e)
 		argv[n++] = a->argv[i];
 	argv[n] = NULL;
 	o.tag = name;
-	o.uid = j->tier == JAIL_RESTRICTED ? user.uid : 0;
 	return sandbox_start(j->sup, argv, j->tier == JAIL_RESTRICTED ? &user : NULL, &o, e);
 }
 
