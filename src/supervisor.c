@@ -17,7 +17,8 @@
 #include "log.h"
 
 #define EVENTS 32
-/* Without pidfds (some gVisor releases) exits are only seen by asking: this often. */
+/* A process without a watched pidfd (some gVisor releases have no pidfds) is only seen to exit
+ * by asking: this often. */
 #define NO_PIDFD_TICK 0.02
 
 struct proc {
@@ -31,6 +32,7 @@ struct proc {
 	void *ctx;
 	/* Once released: owned by the supervisor's thread alone. */
 	double deadline; /* when it is killed if still there */
+	bool watched;    /* its pidfd is in the epoll set */
 	bool killed, gone;
 	struct proc *next;
 };
@@ -246,8 +248,8 @@ static bool take_incoming(struct supervisor *s)
 		struct proc *p = s->incoming;
 		struct epoll_event ev = {.events = EPOLLIN, .data.ptr = p};
 		s->incoming = p->next;
-		if (p->pidfd >= 0 && epoll_ctl(s->epfd, EPOLL_CTL_ADD, p->pidfd, &ev) < 0)
-			p->deadline = 0; /* cannot watch it: end it now */
+		/* Not watched (no pidfd, or epoll refused it): asked about on every turn. */
+		p->watched = p->pidfd >= 0 && epoll_ctl(s->epfd, EPOLL_CTL_ADD, p->pidfd, &ev) == 0;
 		p->next = s->released;
 		s->released = p;
 	}
@@ -267,7 +269,7 @@ static int next_timeout(const struct supervisor *s)
 
 	for (const struct proc *p = s->released; p; p = p->next) {
 		double at = p->killed ? -1 : p->deadline;
-		if (p->pidfd < 0)
+		if (!p->watched)
 			at = clock_now() + NO_PIDFD_TICK;
 		if (at >= 0 && (next < 0 || at < next))
 			next = at;
@@ -282,9 +284,9 @@ static void turn(struct supervisor *s)
 
 	while (*link) {
 		struct proc *p = *link;
-		if (p->gone || (p->pidfd < 0 && proc_exited(p))) {
+		if (p->gone || (!p->watched && proc_exited(p))) {
 			*link = p->next;
-			if (p->pidfd >= 0)
+			if (p->watched)
 				epoll_ctl(s->epfd, EPOLL_CTL_DEL, p->pidfd, NULL);
 			proc_finish(p, NULL);
 			continue;
