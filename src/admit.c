@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <time.h>
 
-#include "run.h"
+#include "clock.h"
 
 #define HANGUP_CHECK_MS 100 /* how often a queued request looks at its client */
 
@@ -22,17 +22,13 @@ struct admit {
 struct admit *admit_new(unsigned slots, unsigned queue)
 {
 	struct admit *a = calloc(1, sizeof(*a));
-	pthread_condattr_t ca;
 
 	if (!a)
 		return NULL;
 	a->slots = slots;
 	a->queue = queue;
 	pthread_mutex_init(&a->mu, NULL);
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	pthread_cond_init(&a->cv, &ca);
-	pthread_condattr_destroy(&ca);
+	clock_cond_init(&a->cv);
 	return a;
 }
 
@@ -52,17 +48,9 @@ static bool client_gone(int fd)
 	return fd >= 0 && poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR));
 }
 
-static void deadline_in_ms(struct timespec *ts, long ms)
-{
-	clock_gettime(CLOCK_MONOTONIC, ts);
-	ts->tv_nsec += ms * 1000000L;
-	ts->tv_sec += ts->tv_nsec / 1000000000L;
-	ts->tv_nsec %= 1000000000L;
-}
-
 enum admit_rc admit_enter(struct admit *a, int client_fd, double *waited)
 {
-	double t0 = run_now();
+	double t0 = clock_now();
 	enum admit_rc rc = ADMIT_OK;
 
 	pthread_mutex_lock(&a->mu);
@@ -74,8 +62,7 @@ enum admit_rc admit_enter(struct admit *a, int client_fd, double *waited)
 	}
 	a->queued++;
 	while (!a->stopping && a->running >= a->slots) {
-		struct timespec ts;
-		deadline_in_ms(&ts, HANGUP_CHECK_MS);
+		struct timespec ts = clock_after(HANGUP_CHECK_MS / 1e3);
 		pthread_cond_timedwait(&a->cv, &a->mu, &ts);
 		if (client_gone(client_fd)) {
 			rc = ADMIT_GONE;
@@ -91,7 +78,7 @@ admitted:
 	a->running++;
 out:
 	pthread_mutex_unlock(&a->mu);
-	*waited = run_now() - t0;
+	*waited = clock_now() - t0;
 	return rc;
 }
 
@@ -113,13 +100,13 @@ void admit_stop(struct admit *a)
 
 unsigned admit_drain(struct admit *a, double seconds)
 {
-	double end = run_now() + seconds;
+	double end = clock_now() + seconds;
 	unsigned left;
 
 	pthread_mutex_lock(&a->mu);
-	while (a->running && run_now() < end) {
-		struct timespec ts;
-		deadline_in_ms(&ts, 50);
+	/* admit_leave wakes this wait; the deadline ends it. */
+	while (a->running && clock_now() < end) {
+		struct timespec ts = clock_after(end - clock_now());
 		pthread_cond_timedwait(&a->cv, &a->mu, &ts);
 	}
 	left = a->running;

@@ -8,7 +8,7 @@
 
 #include "err.h"
 #include "files.h"
-#include "run.h"
+#include "sandbox.h"
 
 struct api_limits {
 	double timeout;     /* default seconds */

@@ -10,36 +10,11 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
+#include "sysfile.h"
+
 #define V1_MEM "/sys/fs/cgroup/memory"
 #define V1_PIDS "/sys/fs/cgroup/pids"
 #define V2_ROOT "/sys/fs/cgroup"
-
-static int write_file(const char *path, const char *text)
-{
-	int fd = open(path, O_WRONLY | O_CLOEXEC);
-	ssize_t n;
-
-	if (fd < 0)
-		return -1;
-	n = write(fd, text, strlen(text));
-	close(fd);
-	return n == (ssize_t)strlen(text) ? 0 : -1;
-}
-
-static int read_file(const char *path, char *out, size_t n)
-{
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	ssize_t len;
-
-	if (fd < 0)
-		return -1;
-	len = read(fd, out, n - 1);
-	close(fd);
-	if (len < 0)
-		return -1;
-	out[len] = '\0';
-	return 0;
-}
 
 static int make_dir(const char *path)
 {
@@ -82,7 +57,7 @@ static void own_path(const char *controller, char *out, size_t n)
 	char text[4096], *line, *save = NULL;
 
 	out[0] = '\0';
-	if (read_file("/proc/self/cgroup", text, sizeof(text)) < 0)
+	if (sysfile_read(AT_FDCWD, "/proc/self/cgroup", text, sizeof(text)) < 0)
 		return;
 	for (line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
 		char *c = strchr(line, ':'), *p = c ? strchr(c + 1, ':') : NULL;
@@ -137,10 +112,10 @@ static int v2_move_all(const char *base)
 
 	snprintf(from, sizeof(from), "%s/cgroup.procs", base);
 	snprintf(to, sizeof(to), "%s/server/cgroup.procs", base);
-	if (read_file(from, pids, sizeof(pids)) < 0)
+	if (sysfile_read(AT_FDCWD, from, pids, sizeof(pids)) < 0)
 		return -1;
 	for (line = strtok_r(pids, "\n", &save); line; line = strtok_r(NULL, "\n", &save))
-		if (write_file(to, line) < 0 && errno != ESRCH)
+		if (sysfile_write(to, line) < 0 && errno != ESRCH)
 			return -1;
 	return 0;
 }
@@ -162,18 +137,18 @@ static bool v2_init(struct cgroup *cg)
 	if (make_dir_in(V2_ROOT, path) < 0)
 		goto denied;
 	snprintf(path, sizeof(path), "%s/server/cgroup.procs", base);
-	if (write_file(path, pid) < 0)
+	if (sysfile_write(path, pid) < 0)
 		goto denied;
 	snprintf(path, sizeof(path), "%s/cgroup.subtree_control", base);
 	/* No process may stay in a group that delegates controllers: move the others (an init
 	 * such as tini) beside the server. */
-	if (write_file(path, "+memory +pids") < 0 &&
-	    (errno != EBUSY || v2_move_all(base) < 0 || write_file(path, "+memory +pids") < 0))
+	if (sysfile_write(path, "+memory +pids") < 0 &&
+	    (errno != EBUSY || v2_move_all(base) < 0 || sysfile_write(path, "+memory +pids") < 0))
 		goto denied;
 	if (snprintf(cg->mem, sizeof(cg->mem), "%s/runs", base) >= (int)sizeof(cg->mem))
 		goto denied;
 	snprintf(path, sizeof(path), "%s/runs/cgroup.subtree_control", base);
-	if (make_dir(cg->mem) < 0 || write_file(path, "+memory +pids") < 0)
+	if (make_dir(cg->mem) < 0 || sysfile_write(path, "+memory +pids") < 0)
 		goto denied;
 	cg->mode = CGROUP_V2;
 	return true;
@@ -216,7 +191,7 @@ int cgroup_run_create(const struct cgroup *cg, const char *name)
 	if (cg->mode == CGROUP_V2) {
 		/* nsjail makes its own group inside this one and needs the controllers there. */
 		run_path(cg->mem, name, "cgroup.subtree_control", path, sizeof(path));
-		return write_file(path, "+memory +pids");
+		return sysfile_write(path, "+memory +pids");
 	}
 	if (run_path(cg->pids, name, NULL, path, sizeof(path)) < 0 || make_dir(path) < 0)
 		return -1;
@@ -232,7 +207,7 @@ bool cgroup_run_hit_memory(const struct cgroup *cg, const char *name, unsigned l
 	const char *oom;
 
 	if (cg->mode == CGROUP_NONE || run_path(cg->mem, name, key, path, sizeof(path)) < 0 ||
-	    read_file(path, text, sizeof(text)) < 0)
+	    sysfile_read(AT_FDCWD, path, text, sizeof(text)) < 0)
 		return false;
 	if (cg->mode == CGROUP_V1) /* within a page or so of the limit */
 		return strtoull(text, NULL, 10) + (1ULL << 20) >= limit;

@@ -1,7 +1,6 @@
 #include "http.h"
 
 #include <arpa/inet.h>
-#include <errno.h>
 #include <microhttpd.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -9,47 +8,21 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/eventfd.h>
 #include <sys/random.h>
 #include <unistd.h>
 
-#include "admit.h"
 #include "api.h"
 #include "buf.h"
-#include "cgroup.h"
-#include "frame.h"
-#include "isolation.h"
+#include "clock.h"
+#include "execute.h"
 #include "jail.h"
 #include "log.h"
 #include "metrics.h"
 #include "pool.h"
-#include "run.h"
 #include "runuser.h"
+#include "server.h"
 #include "static.h"
 
-/* Checks, from inside, what each tier promises: a uid that is not the server's, seccomp on the
- * script, and in the restricted tier no AF_INET socket and seccomp on nsjail itself (the
- * script's grandparent there; in tier full its parent is the namespace's init). */
-#define PROBE_SCRIPT                                                                               \
-	"import os, socket\n"                                                                      \
-	"def status(pid):\n"                                                                       \
-	"    try:\n"                                                                               \
-	"        with open('/proc/%s/status' % pid) as f:\n"                                       \
-	"            return dict(l.split(':', 1) for l in f if ':' in l)\n"                        \
-	"    except OSError:\n"                                                                    \
-	"        return {}\n"                                                                      \
-	"def main():\n"                                                                            \
-	"    me = status('self')\n"                                                                \
-	"    init = int(me.get('PPid', '0'))\n"                                                    \
-	"    jail = int(status(init).get('PPid', '0')) if init > 1 else 0\n"                       \
-	"    try:\n"                                                                               \
-	"        socket.socket(socket.AF_INET, socket.SOCK_STREAM).close()\n"                      \
-	"        inet = 0\n"                                                                       \
-	"    except OSError as e:\n"                                                               \
-	"        inet = e.errno\n"                                                                 \
-	"    return {'uid': os.getuid(), 'seccomp': me.get('Seccomp', '').strip(),\n"              \
-	"            'inet': inet, 'jailSeccomp': status(jail).get('Seccomp', '').strip()\n"       \
-	"            if jail > 1 else ''}\n"
 #define STOP_DRAIN_SECONDS 3.0
 
 /* Threads of the event loop: they only parse and answer, never wait for a run. */
@@ -58,25 +31,17 @@
 struct http {
 	const struct config *cfg;
 	struct MHD_Daemon *daemon;
-	struct cgroup cg;
-	struct jail *jail; /* NULL when no allowed tier works here; jail_problem says why */
-	char jail_problem[2048];
-	bool probe_ok;
-	struct isolation iso;
-	enum jail_tier tier; /* when jail is set */
-	json_t *iso_report;  /* what tier_choose learned, shown by /healthz */
-	atomic_bool shutting_down;
-	atomic_uint answering; /* /execute requests whose answer is not yet sent */
+	struct server srv; /* what it serves */
+	/* Under mu, with changes broadcast on cv: */
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	unsigned answering; /* /execute requests whose answer is not yet sent */
+	unsigned workers;   /* request threads still running (they hold suspended connections) */
+	struct worker *finished; /* request threads that are done, to be joined */
 	/* Request bodies held in memory, and how much they may hold together: many half-sent
 	 * bodies must not take the server's memory. */
 	atomic_size_t body_bytes;
 	size_t body_budget;
-	atomic_uint workers; /* request threads still running (they hold suspended connections) */
-	int stop_fd;         /* eventfd, readable once in-flight runs must stop */
-	struct api_limits lim;
-	struct pool *pool;
-	struct admit *admit;
-	struct metrics *metrics;
 };
 
 struct request {
@@ -95,11 +60,43 @@ struct request {
 	struct MHD_Connection *conn;
 	int fd;
 	struct job job;
+	struct worker *worker; /* its thread, once started */
 	enum { RQ_NEW, RQ_RUNNING, RQ_DONE } phase;
 	enum admit_rc admitted;
 	struct response r;
 	long ms;
 };
+
+/* A request thread, joined by the next one to start or by http_stop once it is done. */
+struct worker {
+	pthread_t thread;
+	struct worker *next;
+};
+
+/* Joins every finished request thread. */
+static void join_finished(struct http *h)
+{
+	struct worker *w;
+
+	pthread_mutex_lock(&h->mu);
+	w = h->finished;
+	h->finished = NULL;
+	pthread_mutex_unlock(&h->mu);
+	while (w) {
+		struct worker *next = w->next;
+		pthread_join(w->thread, NULL);
+		free(w);
+		w = next;
+	}
+}
+
+static void count_answering(struct http *h, int delta)
+{
+	pthread_mutex_lock(&h->mu);
+	h->answering = (unsigned)((int)h->answering + delta);
+	pthread_cond_broadcast(&h->cv);
+	pthread_mutex_unlock(&h->mu);
+}
 
 /* Extra header for a response, beyond the contract's own. */
 struct header {
@@ -128,7 +125,7 @@ static void log_request(struct MHD_Connection *conn, const char *method, const c
                         const struct request *rq, int status, const char *outcome)
 {
 	const char *ua = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "User-Agent");
-	double s = run_now() - rq->t0;
+	double s = clock_now() - rq->t0;
 	char latency[32];
 
 	snprintf(latency, sizeof(latency), "%.6fs", s);
@@ -184,76 +181,6 @@ static enum MHD_Result respond_error(struct MHD_Connection *conn, const char *me
 
 static const struct header no_header = {NULL, NULL};
 
-/* A ready jail from the pool, else one started now: never a wait longer than a start. busy
- * is set when none could start for want of a free run uid (restricted tier). */
-static struct sandbox *sandbox_get(struct http *h, const char *rid, bool *busy)
-{
-	struct sandbox *sb = pool_take(h->pool);
-	struct run_result failed;
-	struct err e;
-
-	if (sb)
-		return sb;
-	sb = jail_start(h->jail, false, &e);
-	if (!sb) {
-		*busy = e.status == 503;
-		log_error("request %s: %s", rid, e.message);
-		return NULL;
-	}
-	if (sandbox_wait_ready(sb, h->cfg->start_timeout) == 0) {
-		metrics_jail_start(h->metrics, sandbox_start_seconds(sb));
-		return sb;
-	}
-	jail_discard(h->jail, sb, &failed);
-	log_json("ERROR",
-	         json_pack("{s:s,s:i,s:s}", "requestId", rid, "exitCode", failed.exit_code,
-	                   "nsjail", failed.diag),
-	         "jail did not start");
-	return NULL;
-}
-
-/* Runs one job; fills r. Returns the run's execution time in ms, or -1. */
-static long run_job(struct http *h, const struct job *job, int client_fd, struct response *r,
-                    const char *rid)
-{
-	const struct config *c = h->cfg;
-	struct run_spec spec = {
-	    .script = job->input,
-	    .script_len = job->input_len,
-	    .timeout = job->timeout,
-	    .stdout_max = c->stdout_max,
-	    .chan_max = c->result_max + FRAME_HEADER_MAX + 1, /* + the header's newline */
-	    .files = &h->lim.files,
-	    .cancel_fds = {client_fd, h->stop_fd},
-	    .reaped = jail_reaped,
-	    .reaped_ctx = h->jail,
-	};
-	bool busy = false;
-	struct sandbox *sb = sandbox_get(h, rid, &busy);
-	struct run_result run;
-
-	if (busy) {
-		api_error_response(
-		    r, 429, "busy",
-		    "Every run identity is in use or still being cleaned; retry after "
-		    "the time in Retry-After.");
-		return -1;
-	}
-	if (!sb) {
-		memset(&run, 0, sizeof(run));
-		run.end = RUN_START_FAILED;
-	} else {
-		sandbox_run(sb, &spec, &run);
-		jail_done(h->jail, &run);
-	}
-	if (api_outcome_response(&run, job, &h->lim, r) < 0)
-		api_error_response(r, 500, "internal", "The server is out of memory; try again.");
-	run_result_free(&run);
-	if (run.end == RUN_CANCELLED && !atomic_load(&h->shutting_down))
-		r->code = "client_gone";
-	return run.ready ? run.exec_ms : -1;
-}
-
 static int client_fd(struct MHD_Connection *conn)
 {
 	const union MHD_ConnectionInfo *ci =
@@ -265,7 +192,7 @@ static int client_fd(struct MHD_Connection *conn)
 static enum MHD_Result refuse(struct http *h, struct MHD_Connection *conn, const char *url,
                               struct request *rq, enum admit_rc rc)
 {
-	metrics_run(h->metrics, rc == ADMIT_BUSY ? "busy" : "shutting_down", -1);
+	metrics_run(h->srv.metrics, rc == ADMIT_BUSY ? "busy" : "shutting_down", -1);
 	if (rc == ADMIT_BUSY)
 		return respond_error(conn, "POST", url, rq, 429, "busy",
 		                     "Every execution slot and queue place is taken; retry after "
@@ -282,39 +209,44 @@ static void *request_thread(void *arg)
 {
 	struct request *rq = arg;
 	struct http *h = rq->h;
-	double waited;
+	struct worker *self = rq->worker;
 
-	rq->admitted = admit_enter(h->admit, rq->fd, &waited);
-	metrics_queue_wait(h->metrics, waited);
-	if (rq->admitted == ADMIT_OK) {
-		rq->ms = run_job(h, &rq->job, rq->fd, &rq->r, rq->id);
-		admit_leave(h->admit);
-	}
+	rq->admitted =
+	    execute_admitted(&h->srv.exec, h->srv.admit, &rq->job, rq->fd, &rq->r, &rq->ms, rq->id);
 	api_job_free(&rq->job);
 	rq->phase = RQ_DONE;
-	MHD_resume_connection(rq->conn);
-	atomic_fetch_sub(&h->workers, 1);
+	MHD_resume_connection(rq->conn); /* rq may be freed from here on */
+	pthread_mutex_lock(&h->mu);
+	self->next = h->finished;
+	h->finished = self;
+	h->workers--;
+	pthread_cond_broadcast(&h->cv);
+	pthread_mutex_unlock(&h->mu);
 	return NULL;
 }
 
 static enum MHD_Result start_request_thread(struct http *h, struct MHD_Connection *conn,
                                             struct request *rq)
 {
-	pthread_attr_t attr;
-	pthread_t t;
-	int rc;
+	int rc = -1;
 
+	join_finished(h);
 	rq->conn = conn;
 	rq->fd = client_fd(conn);
 	rq->phase = RQ_RUNNING;
-	atomic_fetch_add(&h->workers, 1);
+	rq->worker = calloc(1, sizeof(*rq->worker));
+	pthread_mutex_lock(&h->mu);
+	h->workers++;
+	pthread_mutex_unlock(&h->mu);
 	MHD_suspend_connection(conn);
-	pthread_attr_init(&attr);
-	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-	rc = pthread_create(&t, &attr, request_thread, rq);
-	pthread_attr_destroy(&attr);
+	if (rq->worker)
+		rc = pthread_create(&rq->worker->thread, NULL, request_thread, rq);
 	if (rc != 0) {
-		atomic_fetch_sub(&h->workers, 1);
+		free(rq->worker);
+		pthread_mutex_lock(&h->mu);
+		h->workers--;
+		pthread_cond_broadcast(&h->cv);
+		pthread_mutex_unlock(&h->mu);
 		rq->phase = RQ_DONE;
 		rq->admitted = ADMIT_BUSY;
 		api_job_free(&rq->job);
@@ -331,12 +263,12 @@ static enum MHD_Result finish(struct http *h, struct MHD_Connection *conn, const
 
 	if (rq->admitted != ADMIT_OK) {
 		if (rq->admitted == ADMIT_GONE) {
-			metrics_run(h->metrics, "client_gone", -1);
+			metrics_run(h->srv.metrics, "client_gone", -1);
 			return MHD_NO;
 		}
 		return refuse(h, conn, url, rq, rq->admitted);
 	}
-	metrics_run(h->metrics, r->code, rq->ms >= 0 ? (double)rq->ms / 1e3 : -1);
+	metrics_run(h->srv.metrics, r->code, rq->ms >= 0 ? (double)rq->ms / 1e3 : -1);
 	if (r->code && strcmp(r->code, "client_gone") == 0) {
 		log_request(conn, "POST", url, rq, 499, "client_gone");
 		return MHD_NO; /* nobody is listening */
@@ -358,12 +290,12 @@ static enum MHD_Result execute(struct http *h, struct MHD_Connection *conn, cons
 	if (rq->phase == RQ_RUNNING)
 		return MHD_YES; /* not resumed yet */
 	/* Fail closed: no script runs outside a tier the operator accepted. */
-	if (!h->jail)
-		return respond_error(conn, "POST", url, rq, 500, "internal", h->jail_problem,
+	if (!h->srv.tier.jail)
+		return respond_error(conn, "POST", url, rq, 500, "internal", h->srv.tier.problem,
 		                     no_header);
-	if (api_request_parse(rq->body.data ? rq->body.data : "", rq->body.len, &h->lim, &rq->job,
-	                      &e) < 0) {
-		metrics_run(h->metrics, e.code, -1);
+	if (api_request_parse(rq->body.data ? rq->body.data : "", rq->body.len, &h->srv.lim,
+	                      &rq->job, &e) < 0) {
+		metrics_run(h->srv.metrics, e.code, -1);
 		return respond_error(conn, "POST", url, rq, e.status, e.code, e.message, no_header);
 	}
 	return start_request_thread(h, conn, rq);
@@ -374,19 +306,12 @@ static bool uids_degraded(const struct http *h)
 {
 	struct runusers_stats s;
 
-	return jail_users_stats(h->jail, &s) && s.quarantined * 2 > s.count;
-}
-
-static bool run_dirs_capped(const struct http *h)
-{
-	struct runusers_stats s;
-
-	return jail_users_stats(h->jail, &s) && s.tmpfs;
+	return jail_users_stats(h->srv.tier.jail, &s) && s.quarantined * 2 > s.count;
 }
 
 static bool healthy(const struct http *h)
 {
-	return h->jail && h->probe_ok && !atomic_load(&h->shutting_down) &&
+	return h->srv.tier.jail && h->srv.tier.ok && !atomic_load(&h->srv.stopping) &&
 	       access(h->cfg->nsjail, X_OK) == 0 && !uids_degraded(h);
 }
 
@@ -401,16 +326,6 @@ static enum MHD_Result text_response(struct MHD_Connection *conn, const char *me
 	return respond(conn, method, url, rq, &r, no_header, -1);
 }
 
-static const char *limits_name(const struct http *h)
-{
-	if (h->jail && h->tier == JAIL_RESTRICTED)
-		return run_dirs_capped(h) ? "rlimits and a capped tmpfs per run (restricted tier)"
-		                          : "rlimits only (restricted tier)";
-	return h->cg.mode == CGROUP_NONE ? "rlimits only (no writable cgroup)"
-	       : h->cg.mode == CGROUP_V2 ? "cgroup v2 and rlimits"
-	                                 : "cgroup v1 and rlimits";
-}
-
 /* Anyone may ask: status, tier and readiness only. The host's kernel and what it allows are in
  * the start-up log, and here only when the operator set PYEXEC_HEALTH_DETAILS. */
 static enum MHD_Result healthz(struct http *h, struct MHD_Connection *conn, const char *method,
@@ -418,16 +333,16 @@ static enum MHD_Result healthz(struct http *h, struct MHD_Connection *conn, cons
 {
 	json_t *o = json_object();
 	bool details = h->cfg->health_details;
-	const char *why = !h->jail                         ? (details ? h->jail_problem
-	                                                              : "the sandbox (nsjail) could not start in a tier "
-	                                                                "PYEXEC_ISOLATION accepts; the start-up log says "
-	                                                                "why")
-	                  : atomic_load(&h->shutting_down) ? "the server is shutting down"
-	                  : uids_degraded(h)
-	                      ? "over half of the run uids are quarantined after failed "
-	                        "clean-ups (see the log); restart the server"
-	                      : "the sandbox self-check failed, "
-	                        "or nsjail is no longer executable";
+	const char *why =
+	    !h->srv.tier.jail               ? (details ? h->srv.tier.problem
+	                                               : "the sandbox (nsjail) could not start in a tier "
+	                                                 "PYEXEC_ISOLATION accepts; the start-up log says "
+	                                                 "why")
+	    : atomic_load(&h->srv.stopping) ? "the server is shutting down"
+	    : uids_degraded(h) ? "over half of the run uids are quarantined after failed "
+	                         "clean-ups (see the log); restart the server"
+	                       : "the sandbox self-check failed, "
+	                         "or nsjail is no longer executable";
 	bool ok = healthy(h);
 	char *body;
 
@@ -435,11 +350,13 @@ static enum MHD_Result healthz(struct http *h, struct MHD_Connection *conn, cons
 	if (!ok)
 		json_object_set_new(o, "message", json_string(why));
 	json_object_set_new(o, "tier",
-	                    h->jail ? json_string(jail_tier_name(h->tier)) : json_null());
-	json_object_set_new(o, "poolReady", json_integer(pool_ready(h->pool)));
-	if (details && h->iso_report) {
-		json_object_set(o, "isolation", h->iso_report);
-		json_object_set_new(o, "limits", json_string(limits_name(h)));
+	                    h->srv.tier.jail ? json_string(jail_tier_name(h->srv.tier.kind))
+	                                     : json_null());
+	json_object_set_new(o, "poolReady", json_integer(pool_ready(h->srv.pool)));
+	if (details && h->srv.tier.report) {
+		json_object_set(o, "isolation", h->srv.tier.report);
+		json_object_set_new(o, "limits",
+		                    json_string(tier_limits_name(&h->srv.tier, &h->srv.cg)));
 	}
 	body = json_dumps(o, JSON_COMPACT);
 	json_decref(o);
@@ -449,7 +366,7 @@ static enum MHD_Result healthz(struct http *h, struct MHD_Connection *conn, cons
 static enum MHD_Result metrics(struct http *h, struct MHD_Connection *conn, const char *method,
                                const char *url, struct request *rq)
 {
-	struct metrics_gauges g = {.ready = pool_ready(h->pool),
+	struct metrics_gauges g = {.ready = pool_ready(h->srv.pool),
 	                           .pool_size = (unsigned)h->cfg->pool,
 	                           .slots = (unsigned)h->cfg->concurrency};
 	struct MHD_Response *mr;
@@ -458,12 +375,12 @@ static enum MHD_Result metrics(struct http *h, struct MHD_Connection *conn, cons
 
 	struct runusers_stats us;
 
-	admit_counts(h->admit, &g.running, &g.queued);
-	if (jail_users_stats(h->jail, &us)) {
+	admit_counts(h->srv.admit, &g.running, &g.queued);
+	if (jail_users_stats(h->srv.tier.jail, &us)) {
 		g.uids_cleaning = us.cleaning;
 		g.uids_quarantined = us.quarantined;
 	}
-	text = metrics_render(h->metrics, &g);
+	text = metrics_render(h->srv.metrics, &g);
 	if (!text)
 		return MHD_NO;
 	log_request(conn, method, url, rq, 200, "ok");
@@ -487,14 +404,14 @@ static enum MHD_Result too_large(struct http *h, struct MHD_Connection *conn, co
 	snprintf(msg, sizeof(msg),
 	         "The request body is over the %lu-byte limit; send a smaller script.",
 	         h->cfg->body_max);
-	metrics_run(h->metrics, "payload_too_large", -1);
+	metrics_run(h->srv.metrics, "payload_too_large", -1);
 	return respond_error(conn, "POST", url, rq, 413, "payload_too_large", msg, no_header);
 }
 
 static enum MHD_Result shed(struct http *h, struct MHD_Connection *conn, const char *url,
                             struct request *rq)
 {
-	metrics_run(h->metrics, "busy", -1);
+	metrics_run(h->srv.metrics, "busy", -1);
 	return respond_error(conn, "POST", url, rq, 429, "busy",
 	                     "The server holds as many request bodies as it may; retry after the "
 	                     "time in Retry-After.",
@@ -539,7 +456,7 @@ static enum MHD_Result serve_static(struct MHD_Connection *conn, const char *met
  * bytes come: the idle timeout alone would let a trickle hold a connection for ever. */
 static bool body_late(const struct http *h, const struct request *rq)
 {
-	return run_now() - rq->t0 > (double)h->cfg->connection_timeout;
+	return clock_now() - rq->t0 > (double)h->cfg->connection_timeout;
 }
 
 static bool drain_over(const struct http *h, const struct request *rq)
@@ -584,13 +501,13 @@ static enum MHD_Result route(struct http *h, struct MHD_Connection *conn, const 
 		return respond_error(conn, method, url, rq, 405, "method_not_allowed",
 		                     "Use POST for /execute.", (struct header){"Allow", "POST"});
 	/* Counted until its answer is sent, so a shutdown does not cut it off. */
-	atomic_fetch_add(&h->answering, 1);
+	count_answering(h, 1);
 	rq->counted = true;
-	if (atomic_load(&h->shutting_down))
+	if (atomic_load(&h->srv.stopping))
 		return refuse(h, conn, url, rq, ADMIT_STOPPING);
 	ct = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Type");
 	if (!api_content_type_ok(ct)) {
-		metrics_run(h->metrics, "unsupported_media_type", -1);
+		metrics_run(h->srv.metrics, "unsupported_media_type", -1);
 		return respond_error(conn, method, url, rq, 415, "unsupported_media_type",
 		                     "Send the body as JSON with the header Content-Type: "
 		                     "application/json.",
@@ -621,7 +538,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 			return MHD_NO;
 		buf_init(&rq->body, h->cfg->body_max + 1);
 		rq->h = h;
-		rq->t0 = run_now();
+		rq->t0 = clock_now();
 		request_id(conn, rq->id);
 		*state = rq;
 		return route(h, conn, url, method, rq);
@@ -654,133 +571,12 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **state,
 	if (!rq)
 		return;
 	if (rq->counted)
-		atomic_fetch_sub(&rq->h->answering, 1);
+		count_answering(rq->h, -1);
 	api_response_free(&rq->r);
 	atomic_fetch_sub(&rq->h->body_bytes, rq->held);
 	buf_free(&rq->body);
 	free(rq);
 	*state = NULL;
-}
-
-/* True when the answer to PROBE_SCRIPT shows what the tier promises. */
-static bool probe_answer_ok(const struct response *r, enum jail_tier tier)
-{
-	json_t *o = r->status == 200 ? json_loadb(r->body, r->len, 0, NULL) : NULL;
-	json_t *res = json_object_get(o, "result");
-	json_int_t uid = json_integer_value(json_object_get(res, "uid"));
-	const char *seccomp = json_string_value(json_object_get(res, "seccomp"));
-	const char *jail = json_string_value(json_object_get(res, "jailSeccomp"));
-	bool ok = json_is_integer(json_object_get(res, "uid")) && uid != 0 &&
-	          uid != (json_int_t)geteuid() && seccomp && strcmp(seccomp, "2") == 0;
-
-	if (ok && tier == JAIL_RESTRICTED)
-		ok = json_integer_value(json_object_get(res, "inet")) == EAFNOSUPPORT && jail &&
-		     strcmp(jail, "2") == 0;
-	json_decref(o);
-	return ok;
-}
-
-/* Runs the probe script end to end in h->jail, so a broken sandbox shows at start-up, not on a
- * request. A second try absorbs a start that was only slow. */
-static bool self_check(struct http *h)
-{
-	struct job job;
-	struct err e;
-	double t0 = run_now();
-	bool ok = false;
-
-	if (api_job_script(PROBE_SCRIPT, 5, &job, &e) < 0)
-		return false;
-	for (int i = 0; i < 2 && !ok; i++) {
-		struct response r = {0};
-		run_job(h, &job, -1, &r, "self-check");
-		ok = probe_answer_ok(&r, h->tier);
-		api_response_free(&r);
-	}
-	api_job_free(&job);
-	log_json(ok ? "INFO" : "WARNING",
-	         json_pack("{s:b,s:s,s:f}", "ok", ok, "tier", jail_tier_name(h->tier), "durationMs",
-	                   (run_now() - t0) * 1e3),
-	         "sandbox self-check of tier %s %s", jail_tier_name(h->tier),
-	         ok ? "passed" : "failed");
-	return ok;
-}
-
-/* Builds the tier's jail and runs the self-check in it; on failure why says what failed. */
-static bool tier_try(struct http *h, enum jail_tier tier, char *why, size_t n)
-{
-	struct err je;
-
-	h->tier = tier;
-	h->jail = jail_new(h->cfg, &h->cg, tier, &je);
-	if (!h->jail) {
-		/* The details (paths) go to the log; clients get what to look for. */
-		log_error("tier %s: %s", jail_tier_name(tier), je.message);
-		snprintf(why, n,
-		         "nsjail or its files are missing, or the run uids or work "
-		         "directory are unusable (the server log says which)");
-		return false;
-	}
-	if (self_check(h))
-		return true;
-	jail_free(h->jail);
-	h->jail = NULL;
-	snprintf(why, n, "its jail could not start or failed its self-check (see the log)");
-	return false;
-}
-
-/* Why the required tier is out of reach, and what to do about it. */
-static void tier_problem(struct http *h, const char *full_why, const char *restricted_why)
-{
-	const char *want = h->cfg->isolation;
-	char missing[256];
-
-	isolation_missing_full(&h->iso, missing, sizeof(missing));
-	if (strcmp(want, "restricted") == 0)
-		snprintf(h->jail_problem, sizeof(h->jail_problem),
-		         "The sandbox could not start in isolation tier restricted: %s. It needs "
-		         "nsjail, root in the container (to run each script as its own uid) and "
-		         "seccomp; setuid %s, seccomp %s here.",
-		         restricted_why, h->iso.ok[ISO_SETUID] ? "works" : "is refused",
-		         h->iso.ok[ISO_SECCOMP] ? "works" : "is refused");
-	else
-		snprintf(
-		    h->jail_problem, sizeof(h->jail_problem),
-		    "The sandbox could not start in isolation tier full: %s%s. Fix: give the "
-		    "container what nsjail needs for namespaces (docker run --cap-add SYS_ADMIN "
-		    "--security-opt seccomp=unconfined --security-opt systempaths=unconfined), "
-		    "or set PYEXEC_ISOLATION=auto to accept the restricted tier (no namespaces: "
-		    "each script runs as its own uid with rlimits, a private directory and "
-		    "seccomp, and can see other processes and world-readable files)%s%s.",
-		    missing[0] ? "this host refuses " : "", missing[0] ? missing : full_why,
-		    strcmp(want, "auto") == 0 ? "; the restricted tier failed too: " : "",
-		    strcmp(want, "auto") == 0 ? restricted_why : "");
-}
-
-/* Learns what the host allows and takes the strongest tier PYEXEC_ISOLATION accepts. */
-static void tier_choose(struct http *h)
-{
-	const char *want = h->cfg->isolation;
-	char full_why[512] = "not tried", restricted_why[512] = "not tried";
-	bool ok = false;
-	json_t *report;
-
-	isolation_probe(h->cfg, (uid_t)(h->cfg->run_uid + h->cfg->run_uids - 1), &h->iso);
-	if (strcmp(want, "restricted") != 0)
-		ok = tier_try(h, JAIL_FULL, full_why, sizeof(full_why));
-	if (!ok && strcmp(want, "full") != 0)
-		ok = tier_try(h, JAIL_RESTRICTED, restricted_why, sizeof(restricted_why));
-	h->probe_ok = ok;
-	if (!ok)
-		tier_problem(h, full_why, restricted_why);
-	report = json_pack("{s:s,s:s?,s:s,s:o,s:s,s:s?,s:f}", "requested", want, "tier",
-	                   ok ? jail_tier_name(h->tier) : NULL, "kernel", h->iso.kernel, "host",
-	                   isolation_json(&h->iso), "limits", limits_name(h), "problem",
-	                   ok ? NULL : h->jail_problem, "probeMs", h->iso.ms);
-	h->iso_report = report;
-	log_json(ok ? "INFO" : "ERROR", json_pack("{s:O}", "isolation", report),
-	         "sandbox isolation: %s%s (requested %s)",
-	         ok ? "tier " : "no tier: ", ok ? jail_tier_name(h->tier) : h->jail_problem, want);
 }
 
 static int parse_addr(const struct config *c, struct sockaddr_in *sa, struct err *e)
@@ -793,55 +589,11 @@ static int parse_addr(const struct config *c, struct sockaddr_in *sa, struct err
 	return 0;
 }
 
-static int http_parts(struct http *h, const struct config *c, struct err *e)
-{
-	h->cfg = c;
-	/* Room for every run and queue place, and a few bodies still arriving. */
-	h->body_budget = (c->concurrency + c->queue + 4) * (c->body_max + 1);
-	h->lim = (struct api_limits){
-	    c->timeout,
-	    c->max_timeout,
-	    c->result_max,
-	    c->memory_mb,
-	    {c->input_files, c->input_bytes, c->output_files, c->output_bytes, c->path_max,
-	     c->path_depth},
-	};
-	h->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	h->metrics = metrics_new();
-	h->admit = admit_new((unsigned)c->concurrency, (unsigned)c->queue);
-	if (h->stop_fd < 0 || !h->metrics || !h->admit)
-		return err_set(e, 0, "config", "out of memory or descriptors at start-up");
-	cgroup_init(&h->cg);
-	if (h->cg.mode == CGROUP_NONE)
-		log_warn("no cgroup limits: %s; memory and processes are capped per process by "
-		         "rlimits only",
-		         h->cg.why);
-	else
-		log_info("per-run memory and process limits: cgroup %s", cgroup_mode_name(&h->cg));
-	/* Self-checks first, with the pool still empty, so each check starts a jail itself. */
-	h->pool = pool_new(NULL, 0, 1, 1, h->metrics, e);
-	if (!h->pool)
-		return -1;
-	tier_choose(h);
-	if (h->jail && c->pool) {
-		pool_free(h->pool);
-		h->pool = pool_new(h->jail, (unsigned)c->pool, c->pool_max_age, c->start_timeout,
-		                   h->metrics, e);
-		if (!h->pool)
-			return -1;
-	}
-	return 0;
-}
-
 static void http_free(struct http *h)
 {
-	pool_free(h->pool);
-	jail_free(h->jail);
-	json_decref(h->iso_report);
-	admit_free(h->admit);
-	metrics_free(h->metrics);
-	if (h->stop_fd >= 0)
-		close(h->stop_fd);
+	server_free(&h->srv);
+	pthread_cond_destroy(&h->cv);
+	pthread_mutex_destroy(&h->mu);
 	free(h);
 }
 
@@ -852,8 +604,13 @@ struct http *http_start(const struct config *c, struct err *e)
 
 	if (!h)
 		return NULL;
-	h->stop_fd = -1;
-	if (parse_addr(c, &sa, e) < 0 || http_parts(h, c, e) < 0) {
+	h->cfg = c;
+	h->srv.stop_fd = -1;
+	/* Room for every run and queue place, and a few bodies still arriving. */
+	h->body_budget = (c->concurrency + c->queue + 4) * (c->body_max + 1);
+	pthread_mutex_init(&h->mu, NULL);
+	clock_cond_init(&h->cv);
+	if (parse_addr(c, &sa, e) < 0 || server_init(&h->srv, c, e) < 0) {
 		http_free(h);
 		return NULL;
 	}
@@ -882,20 +639,23 @@ struct http *http_start(const struct config *c, struct err *e)
 
 unsigned http_shutdown(struct http *h)
 {
-	double end = run_now() + h->cfg->grace + STOP_DRAIN_SECONDS;
-	uint64_t one = 1;
+	double end = clock_now() + h->cfg->grace + STOP_DRAIN_SECONDS;
 	unsigned left;
 
-	atomic_store(&h->shutting_down, true);
-	admit_stop(h->admit);
-	left = admit_drain(h->admit, h->cfg->grace);
+	atomic_store(&h->srv.stopping, true);
+	admit_stop(h->srv.admit);
+	left = admit_drain(h->srv.admit, h->cfg->grace);
 	if (left) {
-		(void)!write(h->stop_fd, &one, sizeof(one));
-		admit_drain(h->admit, STOP_DRAIN_SECONDS);
+		server_stop_runs(&h->srv);
+		admit_drain(h->srv.admit, STOP_DRAIN_SECONDS);
 	}
-	/* Answers already decided still go out. */
-	while (atomic_load(&h->answering) && run_now() < end)
-		usleep(10000);
+	/* Answers already decided still go out: on_completed wakes this wait. */
+	pthread_mutex_lock(&h->mu);
+	while (h->answering && clock_now() < end) {
+		struct timespec ts = clock_after(end - clock_now());
+		pthread_cond_timedwait(&h->cv, &h->mu, &ts);
+	}
+	pthread_mutex_unlock(&h->mu);
 	return left;
 }
 
@@ -903,9 +663,11 @@ void http_stop(struct http *h)
 {
 	/* Runs were told to stop by http_shutdown; their threads hold suspended connections and
 	 * must hand them back before the daemon goes. */
-	while (atomic_load(&h->workers))
-		usleep(10000);
+	pthread_mutex_lock(&h->mu);
+	while (h->workers)
+		pthread_cond_wait(&h->cv, &h->mu);
+	pthread_mutex_unlock(&h->mu);
+	join_finished(h);
 	MHD_stop_daemon(h->daemon);
-	sandbox_reaper_drain(STOP_DRAIN_SECONDS);
 	http_free(h);
 }

@@ -10,8 +10,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "run.h"
-#include "spawn.h"
+#include "clock.h"
+#include "supervisor.h"
 
 #define PROBE_SECONDS 5.0
 #define PROBE_ARGS 32
@@ -28,39 +28,34 @@ static const char *const ns_flags[7] = {
     "--disable_clone_newcgroup",
 };
 
-/* Runs argv with nothing but /dev/null for input and output; true when it exits 0 in time. */
-static bool probe_run(char *const argv[], const struct spawn_user *user)
+/* Runs argv with nothing but /dev/null for input and output; true when it exits 0 in time.
+ * Whatever it started as user->uid is ended with it. */
+static bool probe_run(struct supervisor *sup, char *const argv[], const struct spawn_user *user)
 {
-	int null = open("/dev/null", O_RDWR | O_CLOEXEC), fds[SPAWN_FDS], status = 0;
-	double end = run_now() + PROBE_SECONDS;
+	int null = open("/dev/null", O_RDWR | O_CLOEXEC), fds[SPAWN_FDS];
+	struct proc_opts o = {.tag = "probe", .uid = user ? user->uid : 0};
+	struct proc_end end;
+	struct proc *p;
 	struct err e;
-	pid_t pid, w;
+	bool exited;
 
 	if (null < 0)
 		return false;
 	for (int i = 0; i < SPAWN_FDS; i++)
 		fds[i] = null;
-	pid = spawn_process(argv, fds, user, &e);
+	p = sup_spawn(sup, argv, fds, user, &o, &e);
 	close(null);
-	if (pid < 0)
+	if (!p)
 		return false;
-	while ((w = waitpid(pid, &status, WNOHANG)) == 0 && run_now() < end)
-		usleep(2000);
-	if (w != pid) {
-		kill(pid, SIGKILL);
-		while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
-			;
-		status = -1;
-	}
-	if (user)
-		spawn_kill_user(user->uid);
-	return w == pid && WIFEXITED(status) && WEXITSTATUS(status) == 0;
+	exited = proc_wait(p, PROBE_SECONDS);
+	proc_end(p, true, PROBE_SECONDS, &end);
+	return exited && end.status == 0;
 }
 
 /* One probe: nsjail with the namespaces in `keep` (a bit per ISO_*_NS) and the extra options,
  * running `code` with the host's interpreter. */
-static bool probe(const struct config *c, unsigned keep, const char *const *extra, const char *code,
-                  const struct spawn_user *user)
+static bool probe(const struct config *c, struct supervisor *sup, unsigned keep,
+                  const char *const *extra, const char *code, const struct spawn_user *user)
 {
 	char *argv[PROBE_ARGS];
 	int n = 0;
@@ -83,7 +78,7 @@ static bool probe(const struct config *c, unsigned keep, const char *const *extr
 	argv[n++] = "-c";
 	argv[n++] = (char *)code;
 	argv[n] = NULL;
-	return probe_run(argv, user);
+	return probe_run(sup, argv, user);
 }
 
 /* gVisor says so in the kernel log it makes up; a real kernel's is not ours to read without
@@ -102,7 +97,8 @@ static void kernel_name(char *out, size_t n)
 	snprintf(out, n, gvisor ? "gVisor (Linux %s)" : "Linux %s", u.release);
 }
 
-void isolation_probe(const struct config *c, uid_t probe_uid, struct isolation *iso)
+void isolation_probe(const struct config *c, struct supervisor *sup, uid_t probe_uid,
+                     struct isolation *iso)
 {
 	static const char *const no_proc[] = {"--disable_proc", NULL};
 	/* As tier full has it: no interface at all, so nothing to configure over netlink. */
@@ -114,29 +110,29 @@ void isolation_probe(const struct config *c, uid_t probe_uid, struct isolation *
 	    "--seccomp_string=POLICY p { ERRNO(1) { getppid } } USE p DEFAULT ALLOW", NULL};
 	char code[160];
 	struct spawn_user as = {.uid = probe_uid, .gid = (gid_t)probe_uid, .dir = "/"};
-	double t0 = run_now();
+	double t0 = clock_now();
 
 	memset(iso, 0, sizeof(*iso));
 	kernel_name(iso->kernel, sizeof(iso->kernel));
 	for (int ns = ISO_USER_NS; ns <= ISO_CGROUP_NS; ns++)
-		iso->ok[ns] = probe(c, 1u << ns,
+		iso->ok[ns] = probe(c, sup, 1u << ns,
 		                    ns == ISO_MOUNT_NS ? ro_root
 		                    : ns == ISO_NET_NS ? no_iface
 		                                       : no_proc,
 		                    "pass", NULL);
-	iso->ok[ISO_PROC] = probe(c, 1u << ISO_MOUNT_NS | 1u << ISO_PID_NS, with_proc,
+	iso->ok[ISO_PROC] = probe(c, sup, 1u << ISO_MOUNT_NS | 1u << ISO_PID_NS, with_proc,
 	                          "import os; os.stat('/proc/self/status')", NULL);
 	/* As the probe uid, as the restricted tier runs: no privilege left, and no way back. */
 	snprintf(code, sizeof(code),
 	         "import os\nassert os.getuid() == os.geteuid() == %u\ntry: os.setuid(0)\n"
 	         "except PermissionError: pass\nelse: raise SystemExit(3)",
 	         (unsigned)probe_uid);
-	iso->ok[ISO_SETUID] = probe(c, 0, no_proc, code, &as);
+	iso->ok[ISO_SETUID] = probe(c, sup, 0, no_proc, code, &as);
 	iso->ok[ISO_SECCOMP] =
 	    iso->ok[ISO_SETUID] &&
-	    probe(c, 0, deny_getppid, "import os; raise SystemExit(0 if os.getppid() == -1 else 3)",
-	          &as);
-	iso->ms = (run_now() - t0) * 1e3;
+	    probe(c, sup, 0, deny_getppid,
+	          "import os; raise SystemExit(0 if os.getppid() == -1 else 3)", &as);
+	iso->ms = (clock_now() - t0) * 1e3;
 }
 
 void isolation_missing_full(const struct isolation *iso, char *out, size_t n)

@@ -8,6 +8,7 @@
 #include <sys/types.h>
 
 #include "config.h"
+#include "supervisor.h"
 
 enum isolation_probe {
 	ISO_USER_NS,
@@ -29,8 +30,9 @@ struct isolation {
 	char kernel[96]; /* "Linux <release>", or "gVisor (Linux <release>)" under runsc */
 };
 
-/* Runs every probe; probe_uid is a uid no one uses (probes run as it). */
-void isolation_probe(const struct config *c, uid_t probe_uid, struct isolation *iso);
+/* Runs every probe (through sup); probe_uid is a uid no one uses (probes run as it). */
+void isolation_probe(const struct config *c, struct supervisor *sup, uid_t probe_uid,
+                     struct isolation *iso);
 /* What the full tier needs that the host refused, comma-separated, or "" when nothing. */
 void isolation_missing_full(const struct isolation *iso, char *out, size_t n);
 /* {"userNamespace": true, ...}: a new reference. */

@@ -15,6 +15,7 @@
 #include "landlock.h"
 #include "log.h"
 #include "runuser.h"
+#include "sysfile.h"
 
 #define ARGS_MAX 64
 
@@ -28,6 +29,7 @@ struct args {
 struct jail {
 	enum jail_tier tier;
 	const struct cgroup *cg; /* full tier only; the restricted tier has rlimits alone */
+	struct supervisor *sup;  /* owns every jail's nsjail */
 	unsigned long long mem_bytes;
 	struct args cold, pool;
 	atomic_ulong runs;        /* names each run's cgroup */
@@ -84,14 +86,9 @@ static int stdlib_dir(const char *python_real, char *out, size_t n)
 static bool can_renice(void)
 {
 	char text[4096], *cap;
-	int fd = open("/proc/self/status", O_RDONLY | O_CLOEXEC);
-	ssize_t n = fd >= 0 ? read(fd, text, sizeof(text) - 1) : -1;
 
-	if (fd >= 0)
-		close(fd);
-	if (n <= 0)
+	if (sysfile_read(AT_FDCWD, "/proc/self/status", text, sizeof(text)) <= 0)
 		return false;
-	text[n] = '\0';
 	cap = strstr(text, "CapEff:");
 	return cap && (strtoull(cap + 7, NULL, 16) >> 23) & 1; /* CAP_SYS_NICE */
 }
@@ -262,8 +259,8 @@ static void restricted_limits(struct spawn_user *u, const struct config *c)
 	add_limit(u, RLIMIT_MSGQUEUE, 0, true);
 }
 
-struct jail *jail_new(const struct config *c, const struct cgroup *cg, enum jail_tier tier,
-                      struct err *e)
+struct jail *jail_new(const struct config *c, const struct cgroup *cg, struct supervisor *sup,
+                      enum jail_tier tier, struct err *e)
 {
 	char py[PATH_MAX], lib[PATH_MAX], *policy = NULL;
 	struct jail *j;
@@ -295,6 +292,7 @@ struct jail *jail_new(const struct config *c, const struct cgroup *cg, enum jail
 		goto oom;
 	j->tier = tier;
 	j->cg = cg;
+	j->sup = sup;
 	j->mem_bytes = (unsigned long long)c->memory_mb << 20;
 	if (tier == JAIL_RESTRICTED) {
 		restricted_limits(&j->limits, c);
@@ -327,12 +325,30 @@ fail:
 	return NULL;
 }
 
+/* The supervisor calls this once a jail's nsjail is gone (or never started): learns whether the
+ * run met its memory limit and removes its cgroup; in the restricted tier, where the supervisor
+ * has already ended every process of the run's uid, hands the uid to its cleaner. */
+static void jail_teardown(void *ctx, const char *tag, uid_t uid, struct proc_end *end)
+{
+	struct jail *j = ctx;
+
+	if (j->tier == JAIL_RESTRICTED) {
+		if (uid)
+			runusers_give_back(j->users, uid);
+		return;
+	}
+	if (j->cg->mode == CGROUP_NONE || !tag[0])
+		return;
+	end->memory_hit = cgroup_run_hit_memory(j->cg, tag, j->mem_bytes);
+	cgroup_run_remove(j->cg, tag);
+}
+
 struct sandbox *jail_start(struct jail *j, bool for_pool, struct err *e)
 {
 	const struct args *a = for_pool ? &j->pool : &j->cold;
 	char *argv[ARGS_MAX + 4], name[32], opt[3][PATH_MAX + 64], dir[PATH_MAX];
+	struct proc_opts o = {.teardown = jail_teardown, .ctx = j};
 	struct spawn_user user;
-	struct sandbox *sb;
 	int n = 0;
 
 	snprintf(name, sizeof(name), "run-%d-%lu", (int)getpid(), atomic_fetch_add(&j->runs, 1));
@@ -344,6 +360,7 @@ struct sandbox *jail_start(struct jail *j, bool for_pool, struct err *e)
 			return NULL;
 		user.gid = (gid_t)user.uid;
 		user.dir = dir;
+		o.uid = user.uid;
 		snprintf(opt[0], sizeof(opt[0]), "--cwd=%s", dir);
 		snprintf(opt[1], sizeof(opt[1]), "--env=HOME=%s", dir);
 		snprintf(opt[2], sizeof(opt[2]), "--env=TMPDIR=%s", dir);
@@ -369,42 +386,8 @@ struct sandbox *jail_start(struct jail *j, bool for_pool, struct err *e)
 	for (int i = a->split; i < a->argc; i++)
 		argv[n++] = a->argv[i];
 	argv[n] = NULL;
-	if (j->tier == JAIL_RESTRICTED) {
-		sb = sandbox_start(argv, name, &user, e);
-		if (!sb)
-			runusers_give_back(j->users, user.uid);
-		return sb;
-	}
-	sb = sandbox_start(argv, name, NULL, e);
-	if (!sb)
-		cgroup_run_remove(j->cg, name);
-	return sb;
-}
-
-void jail_discard(struct jail *j, struct sandbox *sb, struct run_result *r)
-{
-	sandbox_destroy(sb, r);
-	jail_done(j, r);
-}
-
-void jail_reaped(void *jail, struct run_result *r)
-{
-	jail_done(jail, r);
-}
-
-void jail_done(struct jail *j, struct run_result *r)
-{
-	if (r->reaped_later)
-		return;
-	if (j->tier == JAIL_RESTRICTED) {
-		if (r->uid)
-			runusers_give_back(j->users, r->uid);
-		return;
-	}
-	if (j->cg->mode == CGROUP_NONE || !r->tag[0])
-		return;
-	r->memory_hit = cgroup_run_hit_memory(j->cg, r->tag, j->mem_bytes);
-	cgroup_run_remove(j->cg, r->tag);
+	o.tag = name;
+	return sandbox_start(j->sup, argv, j->tier == JAIL_RESTRICTED ? &user : NULL, &o, e);
 }
 
 bool jail_users_stats(struct jail *j, struct runusers_stats *s)

@@ -9,8 +9,9 @@
 #include "cgroup.h"
 #include "config.h"
 #include "err.h"
-#include "run.h"
+#include "sandbox.h"
 #include "runuser.h"
+#include "supervisor.h"
 
 /* The descriptor on which the runner writes its ready line and its result frame. */
 #define JAIL_RESULT_FD 3
@@ -28,23 +29,17 @@ enum jail_tier {
 struct jail;
 
 /* Checks that nsjail, the interpreter, the runner and the configs exist, and builds the command
- * for tier. cg (from cgroup_init) must outlive j. Returns NULL with e filled when something is
+ * for tier. cg (from cgroup_init) must outlive j; sup starts and ends its jails and must be
+ * stopped before j is freed. Returns NULL with e filled when something is
  * missing. Free with jail_free. */
-struct jail *jail_new(const struct config *c, const struct cgroup *cg, enum jail_tier tier,
-                      struct err *e);
+struct jail *jail_new(const struct config *c, const struct cgroup *cg, struct supervisor *sup,
+                      enum jail_tier tier, struct err *e);
 const char *jail_tier_name(enum jail_tier tier);
-/* Starts one jail in a cgroup of its own. A jail for the pool imports the preload modules
- * before it says it is ready; a cold one imports nothing the script does not. */
+/* Starts one jail in a cgroup of its own (restricted tier: as a uid of its own). A jail for the
+ * pool imports the preload modules before it says it is ready; a cold one imports nothing the
+ * script does not. Its cgroup, or uid and directory, are released by the supervisor once its
+ * nsjail is gone, whichever way the sandbox ends (sandbox_run or sandbox_destroy). */
 struct sandbox *jail_start(struct jail *j, bool for_pool, struct err *e);
-/* After sandbox_run or sandbox_destroy filled r: learns whether the run met its memory limit
- * and removes its cgroup; in the restricted tier, ends what still runs as the run's uid, removes
- * its files and frees the uid. */
-void jail_done(struct jail *j, struct run_result *r);
-/* Ends a sandbox from jail_start that will not run a script (sandbox_destroy, then jail_done);
- * r gets its start-failure result for logging. */
-void jail_discard(struct jail *j, struct sandbox *sb, struct run_result *r);
-/* The same as jail_done, as a run_spec.reaped callback (jail is a struct jail *). */
-void jail_reaped(void *jail, struct run_result *r);
 /* Restricted tier: how its run uids stand (runuser.h); false in tier full. */
 bool jail_users_stats(struct jail *j, struct runusers_stats *s);
 void jail_free(struct jail *j);

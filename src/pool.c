@@ -9,6 +9,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "jail.h"
 #include "log.h"
 #include "metrics.h"
@@ -44,14 +45,14 @@ static void pool_fill(struct pool *p)
 		struct sandbox *sb;
 		struct err e;
 
-		if (p->sbs[i] || run_now() < p->retry_at)
+		if (p->sbs[i] || clock_now() < p->retry_at)
 			continue;
 		pthread_mutex_unlock(&p->mu);
 		sb = jail_start(p->jail, true, &e);
 		pthread_mutex_lock(&p->mu);
 		if (!sb) {
 			log_error("pool: %s", e.message);
-			p->retry_at = run_now() + 1;
+			p->retry_at = clock_now() + 1;
 			return;
 		}
 		p->sbs[i] = sb;
@@ -62,7 +63,7 @@ static void pool_fill(struct pool *p)
 static void pool_failed_start(struct pool *p, struct run_result *r)
 {
 	p->backoff = p->backoff ? fmin(p->backoff * 2, BACKOFF_MAX) : 0.5;
-	p->retry_at = run_now() + p->backoff;
+	p->retry_at = clock_now() + p->backoff;
 	metrics_jail_event(p->m, "failed");
 	log_json("ERROR",
 	         json_pack("{s:i,s:s,s:f}", "exitCode", r->exit_code, "nsjail", r->diag,
@@ -81,7 +82,7 @@ static void pool_drop(struct pool *p, unsigned i, const char *why)
 	if (was_ready)
 		p->n_ready--;
 	pthread_mutex_unlock(&p->mu);
-	jail_discard(p->jail, sb, &r);
+	sandbox_destroy(sb, &r);
 	pthread_mutex_lock(&p->mu);
 	if (!was_ready && strcmp(why, "expired") != 0)
 		pool_failed_start(p, &r);
@@ -113,7 +114,7 @@ static double pool_expire(struct pool *p)
 		if (!p->sbs[i])
 			continue;
 		double limit = p->ready[i] ? p->max_age : p->start_timeout;
-		double left = sandbox_started_at(p->sbs[i]) + limit - run_now();
+		double left = sandbox_started_at(p->sbs[i]) + limit - clock_now();
 		if (left <= 0)
 			pool_drop(p, i, p->ready[i] ? "expired" : "slow");
 		else
@@ -134,8 +135,8 @@ static void *pool_main(void *arg)
 
 		pool_fill(p);
 		wait = pool_expire(p);
-		if (p->retry_at > run_now())
-			wait = fmin(wait, p->retry_at - run_now());
+		if (p->retry_at > clock_now())
+			wait = fmin(wait, p->retry_at - clock_now());
 		for (unsigned i = 0; i < p->size; i++) {
 			seen[i] = p->sbs[i];
 			pfd[i + 1] = (struct pollfd){.fd = seen[i] ? sandbox_fd(seen[i]) : -1,
@@ -209,7 +210,7 @@ struct sandbox *pool_take(struct pool *p)
 	/* One that died a moment ago is not handed a script: end it and try the next. */
 	if (sb && !sandbox_alive(sb)) {
 		struct run_result r;
-		jail_discard(p->jail, sb, &r);
+		sandbox_destroy(sb, &r);
 		metrics_jail_event(p->m, "died");
 		return pool_take(p);
 	}
@@ -239,7 +240,7 @@ void pool_free(struct pool *p)
 		struct run_result r;
 		if (!p->sbs[i])
 			continue;
-		jail_discard(p->jail, p->sbs[i], &r);
+		sandbox_destroy(p->sbs[i], &r);
 	}
 	close(p->wake);
 	pthread_mutex_destroy(&p->mu);

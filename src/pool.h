@@ -5,7 +5,7 @@
 #define PYEXEC_POOL_H
 
 #include "err.h"
-#include "run.h"
+#include "sandbox.h"
 
 /* The most ready jails a pool keeps (PYEXEC_POOL). */
 #define POOL_MAX 64

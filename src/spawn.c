@@ -18,7 +18,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "landlock.h"
+#include "sysfile.h"
+
+/* How long a uid's processes may take to die after SIGKILL before the kill counts as failed. */
+#define KILL_SECONDS 2.0
 
 static char *const empty_env[] = {NULL};
 
@@ -183,18 +188,10 @@ pid_t spawn_process(char *const argv[], const int fds[SPAWN_FDS], const struct s
 static bool read_status_file(int proc, const char *name, const char *file, char *text, size_t n)
 {
 	char path[300];
-	ssize_t len;
-	int fd;
 
-	snprintf(path, sizeof(path), "%s/%s", name, file);
-	fd = openat(proc, path, O_RDONLY | O_CLOEXEC);
-	len = fd >= 0 ? read(fd, text, n - 1) : -1;
-	if (fd >= 0)
-		close(fd);
-	if (len <= 0)
+	if (snprintf(path, sizeof(path), "%s/%s", name, file) >= (int)sizeof(path))
 		return false;
-	text[len] = '\0';
-	return true;
+	return sysfile_read(proc, path, text, n) > 0;
 }
 
 /* From a status file: whether the task runs as uid (real, effective, saved or file system
@@ -256,8 +253,9 @@ static bool live_process_of(int proc, const char *name, uid_t uid)
 
 /* Sends SIGKILL to one thread group of uid found in /proc, from the server itself. A pidfd
  * pins the process while its owner is checked again, so a recycled pid is never signalled;
- * a group-wide SIGKILL ends every thread, also those under a zombie leader. */
-static void kill_one(int proc, const char *name, uid_t uid)
+ * a group-wide SIGKILL ends every thread, also those under a zombie leader. Returns the pidfd
+ * (the caller waits on it and closes it), or -1. */
+static int kill_one(int proc, const char *name, uid_t uid)
 {
 	pid_t pid = (pid_t)strtol(name, NULL, 10);
 	int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
@@ -267,40 +265,86 @@ static void kill_one(int proc, const char *name, uid_t uid)
 		 * instant is the remaining risk. */
 		if (errno == ENOSYS && live_process_of(proc, name, uid))
 			kill(pid, SIGKILL);
-		return;
+		return -1;
 	}
-	if (live_process_of(proc, name, uid))
+	if (live_process_of(proc, name, uid)) {
 		syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, NULL, 0);
+		return pidfd;
+	}
 	close(pidfd);
+	return -1;
 }
 
-/* One pass over /proc; with kill, every live process of uid gets SIGKILL. Returns how many
- * live ones it saw, or -1 when /proc cannot be read. */
-static int user_pass(uid_t uid, bool do_kill)
+/* The pidfds of processes being killed, to wait on. */
+struct dying {
+	int fds[64];
+	unsigned n;
+	bool more; /* some had no room: look again */
+};
+
+/* One pass over /proc; with d, every live process of uid gets SIGKILL and its pidfd goes to d.
+ * Returns how many live ones it saw, or -1 when /proc cannot be read. */
+static int user_pass(uid_t uid, struct dying *d)
 {
-	DIR *d = opendir("/proc");
+	DIR *dir = opendir("/proc");
 	struct dirent *de;
 	int seen = 0;
 
-	if (!d)
+	if (!dir)
 		return -1;
-	while ((de = readdir(d)))
+	while ((de = readdir(dir)))
 		if (de->d_name[0] >= '1' && de->d_name[0] <= '9' &&
-		    live_process_of(dirfd(d), de->d_name, uid)) {
+		    live_process_of(dirfd(dir), de->d_name, uid)) {
+			int fd;
 			seen++;
-			if (do_kill)
-				kill_one(dirfd(d), de->d_name, uid);
+			if (!d)
+				continue;
+			fd = kill_one(dirfd(dir), de->d_name, uid);
+			if (fd >= 0 && d->n < sizeof(d->fds) / sizeof(d->fds[0]))
+				d->fds[d->n++] = fd;
+			else if (fd >= 0)
+				close(fd), d->more = true;
+			else
+				d->more = true;
 		}
-	closedir(d);
+	closedir(dir);
 	return seen;
+}
+
+/* Waits until every process in d has exited or `end` passes; closes the pidfds. False when
+ * some are still there. */
+static bool wait_dying(struct dying *d, double end)
+{
+	struct pollfd p[64];
+	unsigned left = d->n;
+
+	for (unsigned i = 0; i < d->n; i++)
+		p[i] = (struct pollfd){.fd = d->fds[i], .events = POLLIN};
+	while (left) {
+		int n = poll(p, d->n, clock_ms_until(end));
+		if (n == 0 || (n < 0 && errno != EINTR))
+			break;
+		for (unsigned i = 0; i < d->n; i++)
+			if (p[i].fd >= 0 && p[i].revents) {
+				close(p[i].fd);
+				p[i].fd = -1;
+				left--;
+			}
+	}
+	for (unsigned i = 0; i < d->n; i++)
+		if (p[i].fd >= 0)
+			close(p[i].fd);
+	d->n = 0;
+	return left == 0;
 }
 
 /* The kernel's own kill of a whole uid: a child of the server takes uid and sends SIGKILL to
  * every process it may signal, kill(-1). The kernel walks every process at once under its
  * task list lock, whatever their state, and a fork racing the walk fails: nothing of uid is
  * missed, unlike a scan of /proc. The uid's processes could kill or stop the helper before it
- * acts; then it is killed by the server and the caller tries again. True when it ran. */
-static bool kill_as(uid_t uid)
+ * acts; then it is killed by the server and the caller tries again. Returns 1 when it signalled
+ * some process (a zombie counts), 0 when the kernel found none, -1 when it did not run. */
+static int kill_as(uid_t uid)
 {
 	int status = 0, pidfd;
 	struct pollfd p;
@@ -312,11 +356,10 @@ static bool kill_as(uid_t uid)
 		    syscall(SYS_setresgid, uid, uid, uid) < 0 ||
 		    syscall(SYS_setresuid, uid, uid, uid) < 0)
 			_exit(2);
-		syscall(SYS_kill, -1, SIGKILL);
-		_exit(0);
+		_exit(syscall(SYS_kill, -1, SIGKILL) == 0 ? 0 : errno == ESRCH ? 3 : 4);
 	}
 	if (pid < 0)
-		return false;
+		return -1;
 	pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
 	p = (struct pollfd){.fd = pidfd, .events = POLLIN};
 	/* Without pidfds (some gVisor releases) the wait below is the only one. */
@@ -326,35 +369,53 @@ static bool kill_as(uid_t uid)
 		close(pidfd);
 	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
 		;
-	return WIFEXITED(status) && WEXITSTATUS(status) == 0;
+	if (!WIFEXITED(status))
+		return -1;
+	return WEXITSTATUS(status) == 0 ? 1 : WEXITSTATUS(status) == 3 ? 0 : -1;
 }
 
 int spawn_signal_user(uid_t uid)
 {
 	if (uid == 0)
 		return -1;
-	if (kill_as(uid))
+	struct dying d = {.n = 0};
+	int rc;
+
+	if (kill_as(uid) >= 0)
 		return 0;
-	return user_pass(uid, true) < 0 ? -1 : 0;
+	rc = user_pass(uid, &d);
+	for (unsigned i = 0; i < d.n; i++)
+		close(d.fds[i]);
+	return rc < 0 ? -1 : 0;
 }
 
 int spawn_kill_user(uid_t uid)
 {
+	double end = clock_now() + KILL_SECONDS;
+
 	if (uid == 0)
 		return -1;
-	/* SIGKILL takes effect within microseconds: look again soon, then less often. Each
-	 * round is the kernel's kill and a kill of what a scan of every task still finds. */
-	for (int i = 0; i < 200; i++) {
-		int seen;
-		kill_as(uid);
-		seen = user_pass(uid, true);
-		if (seen < 0)
+	/* Each round: the kernel's kill of the whole uid, then a scan of every task that kills
+	 * what is still alive and waits on the pidfds of those until they are gone. */
+	do {
+		struct dying d = {.n = 0};
+		int signalled = kill_as(uid), seen;
+		/* The kernel saw no process of uid at all, not even a zombie. */
+		if (signalled == 0)
+			return 0;
+		seen = user_pass(uid, &d);
+		if (seen < 0) {
+			wait_dying(&d, clock_now());
 			return -1;
+		}
 		if (seen == 0)
 			return 0;
-		usleep(i < 20 ? 200 : i < 100 ? 2000 : 10000);
-	}
-	return -1;
+		/* After the kernel's kill no process of uid can be born (a racing fork fails):
+		 * once those the scan found are gone, none is left. */
+		if (wait_dying(&d, end) && signalled > 0 && !d.more)
+			return 0;
+	} while (clock_now() < end);
+	return user_pass(uid, NULL) == 0 ? 0 : -1;
 }
 
 /* The first uid in [lo, hi] with a live task, found in /proc; 0 when there is none. */

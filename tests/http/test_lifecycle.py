@@ -2,9 +2,11 @@
 
 import concurrent.futures
 import json
+import os
 import signal
 import time
 
+from conftest import SANITIZER_MARKERS
 from pyexec_testlib import expect_error, expect_result
 
 
@@ -85,3 +87,47 @@ def test_client_request_id_is_echoed_and_logged(server_factory):
     # a malformed one is replaced, not echoed
     resp = srv.request("GET", "/healthz", headers={"X-Request-Id": "bad id\u00e9"})
     assert resp.header("X-Request-Id") != "bad id\u00e9"
+
+
+def server_children(pid):
+    kids = set()
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                kids.update(int(k) for k in f.read().split())
+        except OSError:
+            pass
+    return kids
+
+
+def test_sigterm_with_runs_ready_jails_and_reaping_in_flight_exits_clean(server_factory):
+    """SIGTERM while runs go on, pool jails wait ready and finished jails are still being
+    reaped: every process the server started is ended and its resources released before what
+    they use is freed, so the server (the ASan build in the sanitizer pass) exits 0 without a
+    sanitizer report and leaves none of its jails behind."""
+    srv = server_factory(fresh=True, PYEXEC_GRACE="1", PYEXEC_POOL="2", PYEXEC_CONCURRENCY="6")
+    deadline = time.monotonic() + 20
+    while srv.get("/healthz").json()["poolReady"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert srv.get("/healthz").json()["poolReady"] == 2
+    slow = "import time\ndef main():\n    time.sleep(30)\n"
+    quick = "def main():\n    return 1\n"
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        slow_runs = [pool.submit(srv.execute, slow, 40) for _ in range(2)]
+        time.sleep(0.5)
+        quick_runs = [pool.submit(srv.execute, quick) for _ in range(4)]
+        for fut in quick_runs:
+            expect_result(fut.result(), 1)
+        # The quick runs' jails are handed over for reaping as their answers go out.
+        started = server_children(srv.pid)
+        srv.proc.send_signal(signal.SIGTERM)
+        for fut in slow_runs:
+            expect_error(fut.result(), 503, "shutting_down")
+    assert srv.proc.wait(15) == 0
+    text = srv.log_path.read_text(errors="replace")
+    for marker in SANITIZER_MARKERS:
+        assert marker not in text, text[text.index(marker):][:2000]
+    assert "still held by their owners" not in text
+    assert started, "the server had no jail running"
+    left = [pid for pid in started if os.path.exists(f"/proc/{pid}")]
+    assert not left, left

@@ -688,5 +688,6 @@ int main(void)
 	    cmocka_unit_test(frame_then_death_not_trusted),
 	};
 	int failed = cmocka_run_group_tests(tests, NULL, NULL);
-	return failed + unit_rmtree() + unit_files() + unit_sweep() + unit_admit();
+	return failed + unit_rmtree() + unit_files() + unit_sweep() + unit_admit() +
+	       unit_supervisor();
 }

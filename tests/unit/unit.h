@@ -6,5 +6,6 @@ int unit_rmtree(void);
 int unit_files(void);
 int unit_sweep(void);
 int unit_admit(void);
+int unit_supervisor(void);
 
 #endif

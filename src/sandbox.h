@@ -1,8 +1,8 @@
-/* run: one script in one fresh jail. A sandbox is a started nsjail and the parent's ends of its
- * pipes; whoever holds the pointer owns the process and must end it with sandbox_run or
- * sandbox_destroy, which kill it if needed, reap it and close every descriptor. */
-#ifndef PYEXEC_RUN_H
-#define PYEXEC_RUN_H
+/* sandbox: one started jail, nsjail and the parent's ends of its pipes, that runs exactly one
+ * script. Whoever holds the pointer owns it and must end it with sandbox_run or
+ * sandbox_destroy; its process belongs to the supervisor, which kills, reaps and tears down. */
+#ifndef PYEXEC_SANDBOX_H
+#define PYEXEC_SANDBOX_H
 
 #include <stdbool.h>
 
@@ -10,6 +10,7 @@
 #include "err.h"
 #include "files.h"
 #include "spawn.h"
+#include "supervisor.h"
 
 enum run_end {
 	RUN_EXITED,       /* the jail exited by itself */
@@ -30,9 +31,6 @@ struct run_spec {
 	 * server's own walk in the restricted tier, are capped by it. */
 	const struct files_limits *files;
 	int cancel_fds[2]; /* -1 or descriptors whose hang-up or readability cancels the run */
-	/* Called from the reaper thread once a cleanly finished jail is gone (r has the tag). */
-	void (*reaped)(void *ctx, struct run_result *r);
-	void *reaped_ctx;
 };
 
 struct run_result {
@@ -40,22 +38,21 @@ struct run_result {
 	bool ready;
 	int exit_code; /* nsjail's: the script's code, or 128 + signal */
 	struct buf out;
-	struct buf chan;   /* result channel after the ready line */
-	struct buf files;  /* records of what the script left under output/ (files.h) */
-	long exec_ms;      /* from hand-over to end */
-	char tag[32];      /* the sandbox's tag (its cgroup name) */
-	uid_t uid;         /* restricted tier: the run's uid (0 otherwise), to give back */
-	bool memory_hit;   /* its cgroup reached the memory limit (set by jail_done) */
-	bool reaped_later; /* the jail is still going away: spec->reaped will see it */
-	char diag[512];    /* tail of nsjail's own messages, for the server log only */
+	struct buf chan;  /* result channel after the ready line */
+	struct buf files; /* records of what the script left under output/ (files.h) */
+	long exec_ms;     /* from hand-over to end */
+	bool memory_hit;  /* its cgroup reached the memory limit (from the jail's teardown) */
+	char diag[512];   /* tail of nsjail's own messages, for the server log only */
 };
 
 struct sandbox;
 
-/* Starts nsjail with argv; does not wait for it. tag names it (copied into its run result).
- * With user (restricted tier), nsjail starts as that user, and every kill of the sandbox kills
- * all of user's processes. NULL with e filled when it cannot start. */
-struct sandbox *sandbox_start(char *const *argv, const char *tag, const struct spawn_user *user,
+/* Starts nsjail with argv through the supervisor, which runs o's teardown once nsjail is gone
+ * (or at once when it cannot start). With user (restricted tier), nsjail starts as that user,
+ * and o->uid makes every kill of the sandbox kill all of user's processes. NULL with e filled
+ * when it cannot start. */
+struct sandbox *sandbox_start(struct supervisor *sup, char *const *argv,
+                              const struct spawn_user *user, const struct proc_opts *o,
                               struct err *e);
 /* Reads what the jail sent before the hand-over. Returns 1 once the runner said it is ready,
  * 0 while it is still starting, -1 when it died or misbehaved (then destroy it). */
@@ -73,17 +70,14 @@ double sandbox_start_seconds(const struct sandbox *sb);
 
 /* Hands the script to a ready sandbox, collects its output, enforces the deadline, and ends
  * the sandbox (consumed: sb is freed). It returns as soon as the jail's init reports that the
- * script's process is gone; when that process exited 0 the rest of the jail is reaped in the
- * background (r->reaped_later). r is released with run_result_free. */
+ * script's process is gone; when that process exited 0 the rest of the jail is handed to the
+ * supervisor, which reaps it and releases its resources in the background. r is released with
+ * run_result_free. */
 void sandbox_run(struct sandbox *sb, const struct run_spec *spec, struct run_result *r);
-/* Waits up to `seconds` for the reaper to finish the jails handed to it. */
-void sandbox_reaper_drain(double seconds);
 /* Kills, reaps and frees a sandbox that will not run a script; r may be NULL, else it gets
  * the start-failure result (diag and exit code) for logging. */
 void sandbox_destroy(struct sandbox *sb, struct run_result *r);
 
 void run_result_free(struct run_result *r);
-
-double run_now(void); /* monotonic seconds */
 
 #endif

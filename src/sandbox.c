@@ -1,29 +1,31 @@
-#include "run.h"
+#include "sandbox.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <math.h>
 #include <poll.h>
-#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "outdir.h"
 #include "spawn.h"
+#include "supervisor.h"
+#include "sysfile.h"
 
 #define READY_LINE "READY\n"
 #define DRAIN_SECONDS 2.0 /* after a kill, how long buffered output may take to arrive */
 #define DIAG_MAX 4096
+#define REAP_SECONDS 2.0 /* a jail's own teardown takes milliseconds; then it is killed */
 
 struct sandbox {
-	pid_t pid;
+	struct proc *proc; /* nsjail, owned through the supervisor */
 	uid_t
 	    uid; /* restricted tier: the run's own uid, whose every process dies with it; else 0 */
 	int in, out, err, chan, status; /* the parent's ends; -1 once closed */
@@ -31,7 +33,6 @@ struct sandbox {
 	struct buf diag;                /* nsjail's own messages */
 	bool is_ready;
 	double started_at, ready_at;
-	char tag[32];
 	pid_t procs[4]; /* nsjail, the jail's init, the runner: known once ready */
 	unsigned nprocs;
 	char dir[PATH_MAX]; /* restricted tier: the run's working directory */
@@ -50,14 +51,6 @@ struct io {
 	size_t records_at; /* where the records start, once the line is complete */
 	int init_status;   /* -1 until the whole report is in */
 };
-
-double run_now(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 static void close_fd(int *fd)
 {
@@ -82,16 +75,8 @@ static void sandbox_free(struct sandbox *sb)
 	free(sb);
 }
 
-/* Ends the jail. In the restricted tier nothing dies with nsjail, so every process of the
- * run's uid is killed too. */
-static void sandbox_kill(pid_t pid, uid_t uid)
-{
-	kill(pid, SIGKILL);
-	if (uid)
-		spawn_kill_user(uid);
-}
-
-struct sandbox *sandbox_start(char *const *argv, const char *tag, const struct spawn_user *user,
+struct sandbox *sandbox_start(struct supervisor *sup, char *const *argv,
+                              const struct spawn_user *user, const struct proc_opts *o,
                               struct err *e)
 {
 	/* The child's descriptors 0-4: stdin, stdout, stderr, result channel, init status. */
@@ -101,16 +86,15 @@ struct sandbox *sandbox_start(char *const *argv, const char *tag, const struct s
 	int i;
 
 	if (!sb) {
+		sup_abandon(o);
 		err_set(e, 500, "internal", "out of memory");
 		return NULL;
 	}
 	mine[0] = &sb->in, mine[1] = &sb->out, mine[2] = &sb->err, mine[3] = &sb->chan;
 	mine[4] = &sb->status;
-	snprintf(sb->tag, sizeof(sb->tag), "%s", tag);
 	buf_init(&sb->ready, strlen(READY_LINE));
 	buf_init(&sb->diag, DIAG_MAX);
-	sb->started_at = run_now();
-	sb->pid = -1;
+	sb->started_at = clock_now();
 	sb->uid = user ? user->uid : 0;
 	if (user)
 		snprintf(sb->dir, sizeof(sb->dir), "%s", user->dir);
@@ -118,16 +102,18 @@ struct sandbox *sandbox_start(char *const *argv, const char *tag, const struct s
 		p[i][0] = p[i][1] = *mine[i] = -1;
 	for (i = 0; i < SPAWN_FDS && pipe_pair(p[i], parent_end[i]) == 0; i++)
 		child[i] = p[i][!parent_end[i]];
-	if (i < SPAWN_FDS)
+	if (i < SPAWN_FDS) {
 		err_set(e, 500, "internal", "cannot create pipes: %s", strerror(errno));
-	else
-		sb->pid = spawn_process(argv, child, user, e);
+		sup_abandon(o);
+	} else {
+		sb->proc = sup_spawn(sup, argv, child, user, o, e);
+	}
 	/* The child's ends are the child's alone now. */
 	for (i = 0; i < SPAWN_FDS; i++) {
 		close_fd(&p[i][!parent_end[i]]);
 		*mine[i] = p[i][parent_end[i]];
 	}
-	if (sb->pid < 0) {
+	if (!sb->proc) {
 		sandbox_free(sb);
 		return NULL;
 	}
@@ -155,26 +141,17 @@ double sandbox_start_seconds(const struct sandbox *sb)
 static void oom_mark(struct sandbox *sb, pid_t pid, int depth)
 {
 	char path[64], list[512];
-	int fd, n;
 
 	if (sb->nprocs < sizeof(sb->procs) / sizeof(sb->procs[0]))
 		sb->procs[sb->nprocs++] = pid;
 
 	snprintf(path, sizeof(path), "/proc/%d/oom_score_adj", (int)pid);
-	fd = open(path, O_WRONLY | O_CLOEXEC);
-	if (fd >= 0) {
-		(void)!write(fd, "1000", 4);
-		close(fd);
-	}
+	sysfile_write(path, "1000");
 	if (depth == 0)
 		return;
 	snprintf(path, sizeof(path), "/proc/%d/task/%d/children", (int)pid, (int)pid);
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
+	if (sysfile_read(AT_FDCWD, path, list, sizeof(list)) < 0)
 		return;
-	n = (int)read(fd, list, sizeof(list) - 1);
-	close(fd);
-	list[n > 0 ? n : 0] = '\0';
 	for (char *p = list, *end; *p; p = end) {
 		long child = strtol(p, &end, 10);
 		if (end == p)
@@ -200,18 +177,16 @@ int sandbox_check(struct sandbox *sb)
 	if (memcmp(sb->ready.data, READY_LINE, want) != 0)
 		return -1;
 	sb->is_ready = true;
-	sb->ready_at = run_now();
-	oom_mark(sb, sb->pid, 2);
+	sb->ready_at = clock_now();
+	oom_mark(sb, proc_pid(sb->proc), 2);
 	return 1;
 }
 
 bool sandbox_alive(struct sandbox *sb)
 {
 	struct pollfd p = {.fd = sb->chan, .events = POLLIN};
-	siginfo_t si = {0};
 
-	/* WNOWAIT: look without reaping; the owner still reaps it. */
-	if (waitid(P_PID, (id_t)sb->pid, &si, WEXITED | WNOHANG | WNOWAIT) == 0 && si.si_pid)
+	if (proc_exited(sb->proc))
 		return false;
 	if (poll(&p, 1, 0) > 0 && sandbox_check(sb) < 0)
 		return false;
@@ -220,11 +195,11 @@ bool sandbox_alive(struct sandbox *sb)
 
 int sandbox_wait_ready(struct sandbox *sb, double seconds)
 {
-	double deadline = run_now() + seconds;
+	double deadline = clock_now() + seconds;
 
 	for (;;) {
 		struct pollfd p = {.fd = sb->chan, .events = POLLIN};
-		double left = deadline - run_now();
+		double left = deadline - clock_now();
 		int rc;
 
 		if (left <= 0)
@@ -304,10 +279,10 @@ static void write_script(struct io *io)
 static void kill_jail(struct io *io, enum run_end why)
 {
 	/* nsjail's child dies with it (PDEATHSIG), and with the namespace's init every process. */
-	sandbox_kill(io->sb->pid, io->sb->uid);
+	proc_kill(io->sb->proc);
 	io->killed = true;
 	io->r->end = why;
-	io->deadline = run_now() + DRAIN_SECONDS;
+	io->deadline = clock_now() + DRAIN_SECONDS;
 }
 
 static void poll_once(struct io *io)
@@ -324,7 +299,7 @@ static void poll_once(struct io *io)
 	    {.fd = io->killed ? -1 : io->spec->cancel_fds[1], .events = POLLIN | POLLRDHUP},
 	};
 	int *fds[3] = {&sb->out, &sb->err, &sb->chan};
-	double left = io->deadline - run_now();
+	double left = io->deadline - clock_now();
 
 	if (poll(pfd, 7, left > 0 ? (int)ceil(left * 1000) : 0) < 0)
 		return;
@@ -359,132 +334,21 @@ static void drain(struct io *io)
 	}
 }
 
-/* All pipes are closed or given up on; make sure nsjail is gone and collect its status. */
-static int reap(pid_t pid, uid_t uid)
+/* Ends nsjail (after `grace` seconds, or now with kill) through the supervisor, which releases
+ * the run's resources, and frees the sandbox. */
+static void sandbox_end(struct sandbox *sb, struct run_result *r, bool kill)
 {
-	int status = 0;
-
-	/* A jail's teardown takes a few milliseconds: look often, give up after 2 s. */
-	for (int i = 0; i < 1000; i++) {
-		pid_t w = waitpid(pid, &status, WNOHANG);
-		if (w == pid)
-			goto done;
-		if (w < 0 && errno != EINTR)
-			return 255;
-		usleep(2000);
-	}
-	sandbox_kill(pid, uid);
-	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
-		;
-done:
-	if (WIFEXITED(status))
-		return WEXITSTATUS(status);
-	return 128 + WTERMSIG(status);
-}
-
-static void sandbox_end(struct sandbox *sb, struct run_result *r)
-{
+	struct proc_end end;
 	size_t n;
 
-	r->exit_code = reap(sb->pid, sb->uid);
-	memcpy(r->tag, sb->tag, sizeof(r->tag));
-	r->uid = sb->uid;
+	proc_end(sb->proc, kill, REAP_SECONDS, &end);
+	r->exit_code = end.status;
+	r->memory_hit = end.memory_hit;
 	n = sb->diag.len < sizeof(r->diag) - 1 ? sb->diag.len : sizeof(r->diag) - 1;
 	if (n)
 		memcpy(r->diag, sb->diag.data + sb->diag.len - n, n);
 	r->diag[n] = '\0';
 	sandbox_free(sb);
-}
-
-/* Jails whose script finished cleanly are reaped here, after their answer went out: the
- * kernel's teardown of a jail takes milliseconds that no request needs to wait for. */
-struct reap_job {
-	pid_t pid;
-	uid_t uid;
-	char tag[32];
-	void (*done)(void *ctx, struct run_result *r);
-	void *ctx;
-	struct reap_job *next;
-};
-
-static pthread_mutex_t reap_mu = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t reap_cv = PTHREAD_COND_INITIALIZER;
-static struct reap_job *reap_queue;
-static unsigned reap_pending;
-static bool reap_started;
-
-static void *reaper_main(void *arg)
-{
-	(void)arg;
-	pthread_mutex_lock(&reap_mu);
-	for (;;) {
-		while (!reap_queue)
-			pthread_cond_wait(&reap_cv, &reap_mu);
-		struct reap_job *job = reap_queue;
-		struct run_result r;
-		reap_queue = job->next;
-		pthread_mutex_unlock(&reap_mu);
-		memset(&r, 0, sizeof(r));
-		r.exit_code = reap(job->pid, job->uid);
-		memcpy(r.tag, job->tag, sizeof(r.tag));
-		r.uid = job->uid;
-		if (job->done)
-			job->done(job->ctx, &r);
-		free(job);
-		pthread_mutex_lock(&reap_mu);
-		reap_pending--;
-		pthread_cond_broadcast(&reap_cv);
-	}
-	return NULL;
-}
-
-/* Hands the sandbox's process to the reaper; false when it must be reaped here instead. */
-static bool reap_later(struct sandbox *sb, const struct run_spec *s)
-{
-	struct reap_job *job = calloc(1, sizeof(*job));
-	pthread_t t;
-	bool ok = true;
-
-	if (!job)
-		return false;
-	job->pid = sb->pid;
-	job->uid = sb->uid;
-	memcpy(job->tag, sb->tag, sizeof(job->tag));
-	job->done = s->reaped;
-	job->ctx = s->reaped_ctx;
-	pthread_mutex_lock(&reap_mu);
-	if (!reap_started) {
-		ok = pthread_create(&t, NULL, reaper_main, NULL) == 0;
-		if (ok)
-			pthread_detach(t);
-		reap_started = ok;
-	}
-	if (ok) {
-		job->next = reap_queue;
-		reap_queue = job;
-		reap_pending++;
-		pthread_cond_broadcast(&reap_cv);
-	}
-	pthread_mutex_unlock(&reap_mu);
-	if (!ok)
-		free(job);
-	return ok;
-}
-
-void sandbox_reaper_drain(double seconds)
-{
-	double end = run_now() + seconds;
-
-	pthread_mutex_lock(&reap_mu);
-	while (reap_pending && run_now() < end) {
-		struct timespec ts;
-		clock_gettime(CLOCK_REALTIME, &ts);
-		ts.tv_nsec += 20 * 1000000L;
-		ts.tv_sec += ts.tv_nsec / 1000000000L;
-		ts.tv_nsec %= 1000000000L;
-		pthread_cond_timedwait(&reap_cv, &reap_mu, &ts);
-	}
-	pthread_mutex_unlock(&reap_mu);
 }
 
 /* What the script left under output/, once no process of it is left: in tier full the init's
@@ -510,7 +374,7 @@ static void collect_files(struct io *io)
 void sandbox_run(struct sandbox *sb, const struct run_spec *s, struct run_result *r)
 {
 	struct io io = {.sb = sb, .spec = s, .r = r, .init_status = -1};
-	double handover = run_now();
+	double handover = clock_now();
 
 	memset(r, 0, sizeof(*r));
 	buf_init(&r->out, s->stdout_max);
@@ -526,7 +390,7 @@ void sandbox_run(struct sandbox *sb, const struct run_spec *s, struct run_result
 	while (sb->out >= 0 || sb->err >= 0 || sb->chan >= 0 || sb->status >= 0) {
 		if (io.init_status >= 0 && !io.killed)
 			break; /* the script's process is gone */
-		if (run_now() < io.deadline)
+		if (clock_now() < io.deadline)
 			poll_once(&io);
 		else if (!io.killed)
 			kill_jail(&io, RUN_TIMEOUT);
@@ -534,23 +398,25 @@ void sandbox_run(struct sandbox *sb, const struct run_spec *s, struct run_result
 			break; /* something outside the jail holds a pipe: give up on it */
 	}
 	drain(&io);
-	r->exec_ms = (long)((run_now() - handover) * 1000);
+	r->exec_ms = (long)((clock_now() - handover) * 1000);
 	/* The restricted tier has no namespace whose end ends every process: every task of the
 	 * run's uid is gone before the answer (the kernel's kill, then a scan of every task). */
 	if (io.init_status == 0 && !io.killed)
 		collect_files(&io);
 	buf_free(&io.status);
-	if (io.init_status == 0 && !io.killed && reap_later(sb, s)) {
+	/* A clean end in tier full: the namespace's teardown takes milliseconds no answer needs to
+	 * wait for. In the restricted tier collect_files has already ended every process of the
+	 * run, nsjail too: reaping it here costs nothing and sends the uid to its cleaner before
+	 * the answer. */
+	bool clean = io.init_status == 0 && !io.killed;
+	if (clean && !sb->uid) {
 		r->exit_code = 0;
-		memcpy(r->tag, sb->tag, sizeof(r->tag));
-		r->uid = sb->uid;
-		r->reaped_later = true;
-		sb->pid = -1;
+		proc_release(sb->proc, REAP_SECONDS);
 		sandbox_free(sb);
 		return;
 	}
-	sandbox_kill(sb->pid, sb->uid); /* the init may linger after closing its pipes */
-	sandbox_end(sb, r);
+	/* Else the init may linger after closing its pipes. */
+	sandbox_end(sb, r, !clean);
 	/* The init saw how the script's process ended; nsjail only how the init did. */
 	if (io.init_status >= 0 && !io.killed)
 		r->exit_code = io.init_status;
@@ -562,7 +428,7 @@ void sandbox_destroy(struct sandbox *sb, struct run_result *r)
 
 	if (!sb)
 		return;
-	sandbox_kill(sb->pid, sb->uid);
+	proc_kill(sb->proc);
 	/* Keep nsjail's last words for the log when it failed on its own. */
 	while (sb->err >= 0) {
 		struct pollfd p = {.fd = sb->err, .events = POLLIN};
@@ -576,7 +442,7 @@ void sandbox_destroy(struct sandbox *sb, struct run_result *r)
 		r = &ignored;
 	memset(r, 0, sizeof(*r));
 	r->end = RUN_START_FAILED;
-	sandbox_end(sb, r);
+	sandbox_end(sb, r, true);
 }
 
 void run_result_free(struct run_result *r)
