@@ -408,6 +408,16 @@ def not_dumpable():
         os._exit(70)  # never run without this protection
 
 
+def dumpable():
+    try:
+        import ctypes
+
+        if ctypes.CDLL(None, use_errno=True).prctl(4, 1, 0, 0, 0) != 0:  # PR_SET_DUMPABLE
+            raise OSError(ctypes.get_errno(), "prctl")
+    except Exception:
+        os._exit(70)
+
+
 def become_init(status_fd, output_caps, restricted):
     """Splits off the process that runs the script. The jail's first process is, in tier full,
     the pid namespace's init: the kernel drops signals it has no handler for, and every other
@@ -425,12 +435,16 @@ def become_init(status_fd, output_caps, restricted):
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.signal(signal.SIGCHLD, lambda *_: None)
     signal.set_wakeup_fd(wake_w)
+    # Before the fork: else the script's children could open /proc/<init>/mem in the moment
+    # before the init gets to it (the script cannot open /proc/1/fd/* nor /proc/1/mem).
+    not_dumpable()
     child = os.fork()
     if child == 0:
-        if restricted:
-            # No pid namespace there: any process of the same uid could open the script's
-            # /proc/<pid>/mem. Not dumpable, it is closed to all but root.
-            not_dumpable()
+        if not restricted:
+            # Inside its pid namespace the script's process may be dumpable, as on a host. In
+            # the restricted tier any process of the same uid could open its /proc/<pid>/mem:
+            # not dumpable, it is closed to all but root.
+            dumpable()
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         for fd in (status_fd, out_r, wake_r, wake_w):
@@ -443,7 +457,6 @@ def become_init(status_fd, output_caps, restricted):
     os.closerange(0, keep[0])
     for low, high in zip(keep, keep[1:] + [resource.getrlimit(resource.RLIMIT_NOFILE)[0]]):
         os.closerange(low + 1, high)
-    not_dumpable()  # the script cannot open /proc/1/fd/* nor /proc/1/mem
     code = relay_until_exit(child, out_r, wake_r)
     try:
         records = b""
