@@ -10,7 +10,8 @@
 struct http;
 
 /* Builds the server (server.h: tier, self-check, pool) and serves on c->host:c->port from a
- * few event threads; each run gets a thread of its own. The config must outlive the server. NULL with e filled when it cannot listen. */
+ * few event threads; each run gets a thread of its own. The config must outlive the server. NULL
+ * with e filled when it cannot listen. */
 struct http *http_start(const struct config *c, struct err *e);
 /* SIGTERM: refuses new runs (503), gives in-flight runs c->grace seconds, then stops them.
  * Returns the number of runs that had to be stopped. */
