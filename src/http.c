@@ -500,9 +500,6 @@ static enum MHD_Result route(struct http *h, struct MHD_Connection *conn, const 
 	if (strcmp(method, "POST") != 0)
 		return respond_error(conn, method, url, rq, 405, "method_not_allowed",
 		                     "Use POST for /execute.", (struct header){"Allow", "POST"});
-	/* Counted until its answer is sent, so a shutdown does not cut it off. */
-	count_answering(h, 1);
-	rq->counted = true;
 	if (atomic_load(&h->srv.stopping))
 		return refuse(h, conn, url, rq, ADMIT_STOPPING);
 	ct = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Type");
@@ -554,6 +551,12 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 			return MHD_NO;
 		*data_size = 0;
 		return MHD_YES;
+	}
+	/* Counted from its whole body until its answer is sent, so a shutdown does not cut it
+	 * off; a client still sending (or stalled mid-body) holds no shutdown up. */
+	if (!rq->counted) {
+		count_answering(h, 1);
+		rq->counted = true;
 	}
 	if (rq->over)
 		return too_large(h, conn, url, rq);

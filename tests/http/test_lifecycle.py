@@ -131,3 +131,20 @@ def test_sigterm_with_runs_ready_jails_and_reaping_in_flight_exits_clean(server_
     assert started, "the server had no jail running"
     left = [pid for pid in started if os.path.exists(f"/proc/{pid}")]
     assert not left, left
+
+
+def test_a_client_stalled_mid_body_does_not_hold_up_the_shutdown(server_factory):
+    """A request whose body has not all arrived has no answer to wait for: SIGTERM stops the
+    server at once, not after the grace period (the hang seen when a slow-body test left its
+    connection open)."""
+    import socket
+
+    srv = server_factory(fresh=True, PYEXEC_GRACE="30")
+    with socket.create_connection(("127.0.0.1", srv.port)) as sock:
+        sock.sendall(b"POST /execute HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 1000\r\n\r\n{\"script\": ")
+        time.sleep(0.3)
+        start = time.monotonic()
+        srv.proc.send_signal(signal.SIGTERM)
+        assert srv.proc.wait(25) == 0
+        assert time.monotonic() - start < 10
