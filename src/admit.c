@@ -11,12 +11,20 @@
 
 #define HANGUP_CHECK_MS 100 /* how often a queued request looks at its client */
 
+/* A queued request, on its waiting thread's stack. */
+struct waiter {
+	struct waiter *next;
+};
+
 struct admit {
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
 	unsigned slots, queue;
 	unsigned running, queued;
 	bool stopping;
+	/* Queued requests in arrival order: a free slot goes to the first, so under load no
+	 * request waits behind ones that came later (p99 follows the queue, not luck). */
+	struct waiter *head, **tail;
 };
 
 struct admit *admit_new(unsigned slots, unsigned queue)
@@ -27,6 +35,7 @@ struct admit *admit_new(unsigned slots, unsigned queue)
 		return NULL;
 	a->slots = slots;
 	a->queue = queue;
+	a->tail = &a->head;
 	pthread_mutex_init(&a->mu, NULL);
 	clock_cond_init(&a->cv);
 	return a;
@@ -48,20 +57,37 @@ static bool client_gone(int fd)
 	return fd >= 0 && poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR));
 }
 
+static void queue_remove(struct admit *a, struct waiter *w)
+{
+	struct waiter **p = &a->head;
+
+	while (*p != w)
+		p = &(*p)->next;
+	*p = w->next;
+	if (a->tail == &w->next)
+		a->tail = p;
+	a->queued--;
+	/* The next in line may now take a free slot. */
+	pthread_cond_broadcast(&a->cv);
+}
+
 enum admit_rc admit_enter(struct admit *a, int client_fd, double *waited)
 {
 	double t0 = clock_now();
 	enum admit_rc rc = ADMIT_OK;
+	struct waiter me = {NULL};
 
 	pthread_mutex_lock(&a->mu);
-	if (!a->stopping && a->running < a->slots)
+	if (!a->stopping && a->running < a->slots && !a->head)
 		goto admitted;
 	if (a->stopping || a->queued >= a->queue) {
 		rc = a->stopping ? ADMIT_STOPPING : ADMIT_BUSY;
 		goto out;
 	}
+	*a->tail = &me;
+	a->tail = &me.next;
 	a->queued++;
-	while (!a->stopping && a->running >= a->slots) {
+	while (!a->stopping && (a->running >= a->slots || a->head != &me)) {
 		struct timespec ts = clock_after(HANGUP_CHECK_MS / 1e3);
 		pthread_cond_timedwait(&a->cv, &a->mu, &ts);
 		if (client_gone(client_fd)) {
@@ -69,7 +95,7 @@ enum admit_rc admit_enter(struct admit *a, int client_fd, double *waited)
 			break;
 		}
 	}
-	a->queued--;
+	queue_remove(a, &me);
 	if (rc == ADMIT_OK && a->stopping)
 		rc = ADMIT_STOPPING;
 	if (rc != ADMIT_OK)

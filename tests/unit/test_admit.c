@@ -1,6 +1,7 @@
 /* Unit tests for admission control, with real threads and real sockets: slots, the queue
  * behind them, refusals beyond it, a queued client that hangs up, stopping and draining. */
 #include <pthread.h>
+#include <stdbool.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -27,7 +28,7 @@ static void *wait_main(void *arg)
 {
 	struct waiter *w = arg;
 
-	w->rc = admit_enter(w->a, w->fd, &w->waited);
+	__atomic_store_n(&w->rc, admit_enter(w->a, w->fd, &w->waited), __ATOMIC_SEQ_CST);
 	return NULL;
 }
 
@@ -175,6 +176,43 @@ static void admit_drain_wakes_on_leave(void **state)
 	admit_free(a);
 }
 
+/* Waits (up to 10 s) until w has been answered; false if it never was. */
+static bool until_answered(struct waiter *w)
+{
+	for (int i = 0; i < 10000; i++) {
+		if (__atomic_load_n(&w->rc, __ATOMIC_SEQ_CST) != (enum admit_rc) - 1)
+			return true;
+		nanosleep(&(struct timespec){.tv_nsec = 1000000}, NULL);
+	}
+	return false;
+}
+
+/* A freed slot goes to the request that has waited longest, every time. */
+static void admit_serves_in_arrival_order(void **state)
+{
+	struct admit *a = admit_new(1, 8);
+	struct waiter w[4];
+	double waited;
+
+	(void)state;
+	assert_int_equal(admit_enter(a, -1, &waited), ADMIT_OK);
+	for (unsigned i = 0; i < 4; i++) {
+		waiter_start(&w[i], a, -1);
+		until_queued(a, i + 1);
+	}
+	for (unsigned i = 0; i < 4; i++) {
+		admit_leave(a);
+		if (!until_answered(&w[i]))
+			fail_msg("the slot did not go to request %u, the first in line", i);
+		assert_int_equal(waiter_join(&w[i]), ADMIT_OK);
+		for (unsigned j = i + 1; j < 4; j++)
+			assert_true(__atomic_load_n(&w[j].rc, __ATOMIC_SEQ_CST) ==
+			            (enum admit_rc) - 1);
+	}
+	admit_leave(a);
+	admit_free(a);
+}
+
 int unit_admit(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -183,6 +221,7 @@ int unit_admit(void)
 	    cmocka_unit_test(admit_queued_client_hangs_up),
 	    cmocka_unit_test(admit_stop_refuses_new_and_queued),
 	    cmocka_unit_test(admit_drain_wakes_on_leave),
+	    cmocka_unit_test(admit_serves_in_arrival_order),
 	};
 	return cmocka_run_group_tests_name("admit", tests, NULL, NULL);
 }
