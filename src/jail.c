@@ -15,6 +15,7 @@
 #include "landlock.h"
 #include "log.h"
 #include "runuser.h"
+#include "zygote.h"
 
 #define ARGS_MAX 64
 
@@ -34,6 +35,8 @@ struct jail {
 	struct runusers *users;   /* restricted tier: the runs' uids and directories */
 	struct spawn_user limits; /* restricted tier: the limits, filled in per run */
 	struct sock_fprog filter; /* restricted tier: what nsjail itself runs under */
+	struct args zyg;          /* tier full with PYEXEC_ZYGOTE: the zygote's command */
+	struct zygote *zygote;    /* NULL: every run is a jail of its own */
 };
 
 const char *jail_tier_name(enum jail_tier tier)
@@ -98,7 +101,7 @@ static bool can_renice(void)
 
 /* The policy file defines the policies; the statement that picks the tier's comes last. Comments
  * and indentation are dropped: the text travels on nsjail's command line. */
-static char *seccomp_text(const char *path, enum jail_tier tier)
+static char *seccomp_text(const char *path, const char *policy)
 {
 	enum { POLICY_MAX = 64 * 1024 };
 	char line[1024], *out = NULL;
@@ -132,7 +135,7 @@ static char *seccomp_text(const char *path, enum jail_tier tier)
 		goto fail;
 	fclose(f);
 	char *text = NULL;
-	if (asprintf(&text, "%sUSE pyexec_%s DEFAULT ALLOW\n", out, jail_tier_name(tier)) < 0)
+	if (asprintf(&text, "%sUSE pyexec_%s DEFAULT ALLOW\n", out, policy) < 0)
 		text = NULL;
 	free(out);
 	return text;
@@ -238,6 +241,68 @@ static int jail_build(struct args *a, const struct jail *j, const struct config 
 	return rc ? -1 : 0;
 }
 
+/* The zygote: the full tier's jail with the zygote's policy (which lets it make the runs'
+ * namespaces), no time limit, and room for every run's processes; each run takes the per-run
+ * limits itself (runner/zygote.py). */
+static int zygote_build(struct args *a, const struct config *c, const char *py, const char *lib)
+{
+	char runner_dir[PATH_MAX], *policy = seccomp_text(c->seccomp, "zygote");
+	int rc = 0;
+
+	if (!policy)
+		return -1;
+	snprintf(runner_dir, sizeof(runner_dir), "%s", c->runner);
+	rc |= jail_add(a, "%s", c->nsjail);
+	rc |= full_args(a, c, py, lib);
+	rc |= jail_add(a, "--bindmount_ro=%s/zygote.py:/pyexec/zygote.py", dirname(runner_dir));
+	rc |= jail_add(a, "--rlimit_nproc=%lu", c->max_procs * (c->concurrency + c->pool + 4));
+	rc |= jail_add(a, "--rlimit_cpu=inf");
+	/* A run writes its uid maps there before it mounts a read-only /proc of its own. */
+	rc |= jail_add(a, "--proc_rw");
+	rc |= jail_add(a, "--time_limit=0");
+	rc |= jail_add(a, "--seccomp_string=%s", policy);
+	rc |= jail_add(a, "--pass_fd=%d", ZYGOTE_CTL_FD);
+	rc |= jail_add(a, "--pass_fd=%d", ZYGOTE_FILTER_FD);
+	a->split = a->argc;
+	rc |= jail_add(a, "--");
+	rc |= jail_add(a, "%s", py);
+	rc |= jail_add(a, "-I");
+	rc |= jail_add(a, "-u");
+	rc |= jail_add(a, "/pyexec/zygote.py");
+	rc |= jail_add(a, "%d", ZYGOTE_CTL_FD);
+	rc |= jail_add(a, "%d", ZYGOTE_FILTER_FD);
+	rc |= jail_add(a, "%lu", c->result_max);
+	rc |= jail_add(a, "%s", c->preload);
+	rc |= jail_add(a, "%lu,%lu,%lu,%lu", c->output_files, c->output_bytes, c->path_max,
+	               c->path_depth);
+	rc |= jail_add(a, "%lu,%lu", c->max_procs, cpu_backstop(c));
+	rc |= jail_add(a, "%lu,%lu", c->tmp_mb, c->tmp_files);
+	free(policy);
+	return rc ? -1 : 0;
+}
+
+/* Tier full with PYEXEC_ZYGOTE: starts the zygote. Where it cannot start, runs are one-shot
+ * jails, as with the setting off; the log says why. */
+static void zygote_start(struct jail *j, const struct config *c, const char *py, const char *lib)
+{
+	struct zygote_opts o = {
+	    .argv = j->zyg.argv,
+	    .cg = j->cg,
+	    .mem_bytes = j->mem_bytes,
+	    .max_procs = c->max_procs,
+	    .start_timeout = c->start_timeout,
+	};
+	struct err e;
+
+	if (zygote_build(&j->zyg, c, py, lib) < 0) {
+		log_error("zygote: cannot build its command; every run starts a jail of its own");
+		return;
+	}
+	j->zygote = zygote_new(&o, &e);
+	if (!j->zygote)
+		log_error("%s; every run starts a jail of its own", e.message);
+}
+
 static void add_limit(struct spawn_user *u, int resource, unsigned long long value, bool optional)
 {
 	u->limits[u->nlimits].resource = resource;
@@ -284,7 +349,7 @@ struct jail *jail_new(const struct config *c, const struct cgroup *cg, enum jail
 		        c->python);
 		return NULL;
 	}
-	policy = seccomp_text(c->seccomp, tier);
+	policy = seccomp_text(c->seccomp, jail_tier_name(tier));
 	if (!policy) {
 		err_set(e, 500, "internal", "cannot read the seccomp policy '%s' (PYEXEC_SECCOMP)",
 		        c->seccomp);
@@ -318,6 +383,8 @@ struct jail *jail_new(const struct config *c, const struct cgroup *cg, enum jail
 	    jail_build(&j->pool, j, c, py, lib, policy, true) < 0)
 		goto oom;
 	free(policy);
+	if (tier == JAIL_FULL && c->zygote)
+		zygote_start(j, c, py, lib);
 	return j;
 oom:
 	err_set(e, 500, "internal", "out of memory building the jail command");
@@ -336,6 +403,13 @@ struct sandbox *jail_start(struct jail *j, bool for_pool, struct err *e)
 	int n = 0;
 
 	snprintf(name, sizeof(name), "run-%d-%lu", (int)getpid(), atomic_fetch_add(&j->runs, 1));
+	if (j->zygote) {
+		/* While the zygote restarts, a request gets a one-shot jail; the pool waits. */
+		sb = zygote_fork(j->zygote, name, e);
+		if (sb || for_pool)
+			return sb;
+		a = &j->cold;
+	}
 	for (int i = 0; i < a->split; i++)
 		argv[n++] = a->argv[i];
 	if (j->tier == JAIL_RESTRICTED) {
@@ -407,6 +481,15 @@ void jail_done(struct jail *j, struct run_result *r)
 	cgroup_run_remove(j->cg, r->tag);
 }
 
+bool jail_zygote_stats(struct jail *j, bool *up, unsigned long *restarts)
+{
+	if (!j || !j->zygote)
+		return false;
+	*up = zygote_up(j->zygote);
+	*restarts = zygote_restarts(j->zygote);
+	return true;
+}
+
 bool jail_users_stats(struct jail *j, struct runusers_stats *s)
 {
 	if (!j || j->tier != JAIL_RESTRICTED)
@@ -423,6 +506,9 @@ void jail_free(struct jail *j)
 		free(j->cold.argv[i]);
 	for (int i = 0; i < j->pool.argc; i++)
 		free(j->pool.argv[i]);
+	zygote_free(j->zygote);
+	for (int i = 0; i < j->zyg.argc; i++)
+		free(j->zyg.argv[i]);
 	runusers_free(j->users);
 	filter_free(&j->filter);
 	free(j);

@@ -47,6 +47,9 @@ void jail_discard(struct jail *j, struct sandbox *sb, struct run_result *r);
 void jail_reaped(void *jail, struct run_result *r);
 /* Restricted tier: how its run uids stand (runuser.h); false in tier full. */
 bool jail_users_stats(struct jail *j, struct runusers_stats *s);
+/* Tier full with the zygote: whether it is up and how often it was restarted; false when
+ * runs are one-shot jails. */
+bool jail_zygote_stats(struct jail *j, bool *up, unsigned long *restarts);
 void jail_free(struct jail *j);
 
 #endif

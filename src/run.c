@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -35,6 +36,10 @@ struct sandbox {
 	pid_t procs[4]; /* nsjail, the jail's init, the runner: known once ready */
 	unsigned nprocs;
 	char dir[PATH_MAX]; /* restricted tier: the run's working directory */
+	/* A zygote's run (zygote.h) is no child of the server: it is known by a pidfd, killed
+	 * through it and seen to end when it turns readable. holder is the zygote's, whose end
+	 * ends the run too. Both -1 for nsjail's own jails. */
+	int pidfd, holder;
 };
 
 /* State of one run after the hand-over. */
@@ -77,26 +82,40 @@ static void sandbox_free(struct sandbox *sb)
 {
 	close_fd(&sb->in), close_fd(&sb->out), close_fd(&sb->err), close_fd(&sb->chan);
 	close_fd(&sb->status);
+	close_fd(&sb->pidfd), close_fd(&sb->holder);
 	buf_free(&sb->ready);
 	buf_free(&sb->diag);
 	free(sb);
 }
 
 /* Ends the jail. In the restricted tier nothing dies with nsjail, so every process of the
- * run's uid is killed too. */
-static void sandbox_kill(pid_t pid, uid_t uid)
+ * run's uid is killed too. A zygote's run is killed through its pidfd (its PID 1: the whole
+ * namespace dies with it). */
+static void sandbox_kill(pid_t pid, int pidfd, uid_t uid)
 {
+	if (pidfd >= 0) {
+		syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, NULL, 0);
+		return;
+	}
+	if (pid <= 0)
+		return; /* a prepared sandbox never given a process: never kill(-1) */
 	kill(pid, SIGKILL);
 	if (uid)
 		spawn_kill_user(uid);
 }
 
-struct sandbox *sandbox_start(char *const *argv, const char *tag, const struct spawn_user *user,
-                              struct err *e)
+static bool fd_readable(int fd, int ms)
+{
+	struct pollfd p = {.fd = fd, .events = POLLIN};
+
+	return fd >= 0 && poll(&p, 1, ms) > 0;
+}
+
+struct sandbox *sandbox_prepare(const char *tag, int child[SPAWN_FDS], struct err *e)
 {
 	/* The child's descriptors 0-4: stdin, stdout, stderr, result channel, init status. */
 	const int parent_end[SPAWN_FDS] = {1, 0, 0, 0, 0};
-	int p[SPAWN_FDS][2], child[SPAWN_FDS], *mine[SPAWN_FDS];
+	int p[SPAWN_FDS][2], *mine[SPAWN_FDS];
 	struct sandbox *sb = calloc(1, sizeof(*sb));
 	int i;
 
@@ -111,22 +130,47 @@ struct sandbox *sandbox_start(char *const *argv, const char *tag, const struct s
 	buf_init(&sb->diag, DIAG_MAX);
 	sb->started_at = run_now();
 	sb->pid = -1;
+	sb->pidfd = sb->holder = -1;
+	for (i = 0; i < SPAWN_FDS; i++)
+		p[i][0] = p[i][1] = *mine[i] = child[i] = -1;
+	for (i = 0; i < SPAWN_FDS && pipe_pair(p[i], parent_end[i]) == 0; i++)
+		;
+	for (int k = 0; k < SPAWN_FDS; k++) {
+		*mine[k] = p[k][parent_end[k]];
+		child[k] = p[k][!parent_end[k]];
+	}
+	if (i < SPAWN_FDS) {
+		err_set(e, 500, "internal", "cannot create pipes: %s", strerror(errno));
+		for (int k = 0; k < SPAWN_FDS; k++)
+			close_fd(&child[k]);
+		sandbox_free(sb);
+		return NULL;
+	}
+	return sb;
+}
+
+void sandbox_adopt(struct sandbox *sb, int pidfd, pid_t pid, int holder)
+{
+	sb->pidfd = pidfd;
+	sb->pid = pid;
+	sb->holder = holder;
+}
+
+struct sandbox *sandbox_start(char *const *argv, const char *tag, const struct spawn_user *user,
+                              struct err *e)
+{
+	int child[SPAWN_FDS];
+	struct sandbox *sb = sandbox_prepare(tag, child, e);
+
+	if (!sb)
+		return NULL;
 	sb->uid = user ? user->uid : 0;
 	if (user)
 		snprintf(sb->dir, sizeof(sb->dir), "%s", user->dir);
-	for (i = 0; i < SPAWN_FDS; i++)
-		p[i][0] = p[i][1] = *mine[i] = -1;
-	for (i = 0; i < SPAWN_FDS && pipe_pair(p[i], parent_end[i]) == 0; i++)
-		child[i] = p[i][!parent_end[i]];
-	if (i < SPAWN_FDS)
-		err_set(e, 500, "internal", "cannot create pipes: %s", strerror(errno));
-	else
-		sb->pid = spawn_process(argv, child, user, e);
+	sb->pid = spawn_process(argv, child, user, e);
 	/* The child's ends are the child's alone now. */
-	for (i = 0; i < SPAWN_FDS; i++) {
-		close_fd(&p[i][!parent_end[i]]);
-		*mine[i] = p[i][parent_end[i]];
-	}
+	for (int i = 0; i < SPAWN_FDS; i++)
+		close_fd(&child[i]);
 	if (sb->pid < 0) {
 		sandbox_free(sb);
 		return NULL;
@@ -210,6 +254,9 @@ bool sandbox_alive(struct sandbox *sb)
 	struct pollfd p = {.fd = sb->chan, .events = POLLIN};
 	siginfo_t si = {0};
 
+	if (sb->pidfd >= 0)
+		return !fd_readable(sb->pidfd, 0) && !fd_readable(sb->holder, 0) &&
+		       !(poll(&p, 1, 0) > 0 && sandbox_check(sb) < 0);
 	/* WNOWAIT: look without reaping; the owner still reaps it. */
 	if (waitid(P_PID, (id_t)sb->pid, &si, WEXITED | WNOHANG | WNOWAIT) == 0 && si.si_pid)
 		return false;
@@ -304,7 +351,7 @@ static void write_script(struct io *io)
 static void kill_jail(struct io *io, enum run_end why)
 {
 	/* nsjail's child dies with it (PDEATHSIG), and with the namespace's init every process. */
-	sandbox_kill(io->sb->pid, io->sb->uid);
+	sandbox_kill(io->sb->pid, io->sb->pidfd, io->sb->uid);
 	io->killed = true;
 	io->r->end = why;
 	io->deadline = run_now() + DRAIN_SECONDS;
@@ -359,10 +406,27 @@ static void drain(struct io *io)
 	}
 }
 
+/* A zygote's run: its PID 1 ends only once every process of its namespace is gone. Its exit
+ * status is the zygote's to collect; the init's report is what counts, and without one the
+ * run was killed. */
+static int reap_pidfd(int pidfd)
+{
+	if (!fd_readable(pidfd, 2000)) {
+		sandbox_kill(-1, pidfd, 0);
+		fd_readable(pidfd, -1);
+	}
+	return 128 + SIGKILL;
+}
+
 /* All pipes are closed or given up on; make sure nsjail is gone and collect its status. */
-static int reap(pid_t pid, uid_t uid)
+static int reap(pid_t pid, int pidfd, uid_t uid)
 {
 	int status = 0;
+
+	if (pidfd >= 0)
+		return reap_pidfd(pidfd);
+	if (pid <= 0)
+		return 255;
 
 	/* A jail's teardown takes a few milliseconds: look often, give up after 2 s. */
 	for (int i = 0; i < 1000; i++) {
@@ -373,7 +437,7 @@ static int reap(pid_t pid, uid_t uid)
 			return 255;
 		usleep(2000);
 	}
-	sandbox_kill(pid, uid);
+	sandbox_kill(pid, -1, uid);
 	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
 		;
 done:
@@ -386,7 +450,7 @@ static void sandbox_end(struct sandbox *sb, struct run_result *r)
 {
 	size_t n;
 
-	r->exit_code = reap(sb->pid, sb->uid);
+	r->exit_code = reap(sb->pid, sb->pidfd, sb->uid);
 	memcpy(r->tag, sb->tag, sizeof(r->tag));
 	r->uid = sb->uid;
 	n = sb->diag.len < sizeof(r->diag) - 1 ? sb->diag.len : sizeof(r->diag) - 1;
@@ -400,6 +464,7 @@ static void sandbox_end(struct sandbox *sb, struct run_result *r)
  * kernel's teardown of a jail takes milliseconds that no request needs to wait for. */
 struct reap_job {
 	pid_t pid;
+	int pidfd; /* owned */
 	uid_t uid;
 	char tag[32];
 	void (*done)(void *ctx, struct run_result *r);
@@ -425,7 +490,9 @@ static void *reaper_main(void *arg)
 		reap_queue = job->next;
 		pthread_mutex_unlock(&reap_mu);
 		memset(&r, 0, sizeof(r));
-		r.exit_code = reap(job->pid, job->uid);
+		r.exit_code = reap(job->pid, job->pidfd, job->uid);
+		if (job->pidfd >= 0)
+			close(job->pidfd);
 		memcpy(r.tag, job->tag, sizeof(r.tag));
 		r.uid = job->uid;
 		if (job->done)
@@ -448,6 +515,7 @@ static bool reap_later(struct sandbox *sb, const struct run_spec *s)
 	if (!job)
 		return false;
 	job->pid = sb->pid;
+	job->pidfd = sb->pidfd;
 	job->uid = sb->uid;
 	memcpy(job->tag, sb->tag, sizeof(job->tag));
 	job->done = s->reaped;
@@ -511,6 +579,7 @@ void sandbox_run(struct sandbox *sb, const struct run_spec *s, struct run_result
 {
 	struct io io = {.sb = sb, .spec = s, .r = r, .init_status = -1};
 	double handover = run_now();
+	bool lost;
 
 	memset(r, 0, sizeof(*r));
 	buf_init(&r->out, s->stdout_max);
@@ -546,11 +615,15 @@ void sandbox_run(struct sandbox *sb, const struct run_spec *s, struct run_result
 		r->uid = sb->uid;
 		r->reaped_later = true;
 		sb->pid = -1;
+		sb->pidfd = -1; /* the reaper's now */
 		sandbox_free(sb);
 		return;
 	}
-	sandbox_kill(sb->pid, sb->uid); /* the init may linger after closing its pipes */
+	sandbox_kill(sb->pid, sb->pidfd, sb->uid); /* the init may linger after closing its pipes */
+	lost = io.init_status < 0 && !io.killed && fd_readable(sb->holder, 0);
 	sandbox_end(sb, r);
+	if (lost)
+		r->end = RUN_LOST;
 	/* The init saw how the script's process ended; nsjail only how the init did. */
 	if (io.init_status >= 0 && !io.killed)
 		r->exit_code = io.init_status;
@@ -562,7 +635,7 @@ void sandbox_destroy(struct sandbox *sb, struct run_result *r)
 
 	if (!sb)
 		return;
-	sandbox_kill(sb->pid, sb->uid);
+	sandbox_kill(sb->pid, sb->pidfd, sb->uid);
 	/* Keep nsjail's last words for the log when it failed on its own. */
 	while (sb->err >= 0) {
 		struct pollfd p = {.fd = sb->err, .events = POLLIN};

@@ -16,6 +16,7 @@ enum run_end {
 	RUN_TIMEOUT,      /* the server killed it at the deadline */
 	RUN_START_FAILED, /* it never became ready (could not start, or too slow) */
 	RUN_CANCELLED,    /* the client went away or the server is stopping */
+	RUN_LOST,         /* the zygote the run was forked from died during it */
 };
 
 struct run_result;
@@ -57,6 +58,13 @@ struct sandbox;
  * all of user's processes. NULL with e filled when it cannot start. */
 struct sandbox *sandbox_start(char *const *argv, const char *tag, const struct spawn_user *user,
                               struct err *e);
+/* A sandbox whose process another starts (a zygote's run, zygote.h): the pipes are made and
+ * child gets the process's ends of them, which the caller hands over and closes. NULL with e
+ * filled. Until sandbox_adopt, only sandbox_destroy may be called on it. */
+struct sandbox *sandbox_prepare(const char *tag, int child[SPAWN_FDS], struct err *e);
+/* Gives a prepared sandbox its process: pidfd (owned from now on) and pid (in the server's
+ * pid namespace), and holder, -1 or a pidfd (owned) of the process whose end ends this one. */
+void sandbox_adopt(struct sandbox *sb, int pidfd, pid_t pid, int holder);
 /* Reads what the jail sent before the hand-over. Returns 1 once the runner said it is ready,
  * 0 while it is still starting, -1 when it died or misbehaved (then destroy it). */
 int sandbox_check(struct sandbox *sb);
