@@ -186,15 +186,12 @@ static const struct header no_header = {NULL, NULL};
 
 /* A ready jail from the pool, else one started now: never a wait longer than a start. busy
  * is set when none could start for want of a free run uid (restricted tier). */
-static struct sandbox *sandbox_get(struct http *h, const char *rid, bool *busy)
+static struct sandbox *sandbox_cold(struct http *h, const char *rid, bool *busy)
 {
-	struct sandbox *sb = pool_take(h->pool);
 	struct run_result failed;
 	struct err e;
+	struct sandbox *sb = jail_start(h->jail, false, &e);
 
-	if (sb)
-		return sb;
-	sb = jail_start(h->jail, false, &e);
 	if (!sb) {
 		*busy = e.status == 503;
 		log_error("request %s: %s", rid, e.message);
@@ -210,6 +207,13 @@ static struct sandbox *sandbox_get(struct http *h, const char *rid, bool *busy)
 	                   "nsjail", failed.diag),
 	         "jail did not start");
 	return NULL;
+}
+
+static struct sandbox *sandbox_get(struct http *h, const char *rid, bool *busy)
+{
+	struct sandbox *sb = pool_take(h->pool);
+
+	return sb ? sb : sandbox_cold(h, rid, busy);
 }
 
 /* Runs one job; fills r. Returns the run's execution time in ms, or -1. */
@@ -245,6 +249,15 @@ static long run_job(struct http *h, const struct job *job, int client_fd, struct
 	} else {
 		sandbox_run(sb, &spec, &run);
 		jail_done(h->jail, &run);
+		/* The zygote died under it (and with it its ready forks): once more, in a jail
+		 * started now (a one-shot jail while the zygote restarts). Never outside one. */
+		if (run.end == RUN_LOST && (sb = sandbox_cold(h, rid, &busy)) != NULL) {
+			log_warn("request %s: its zygote died during the run; running it again",
+			         rid);
+			run_result_free(&run);
+			sandbox_run(sb, &spec, &run);
+			jail_done(h->jail, &run);
+		}
 	}
 	if (api_outcome_response(&run, job, &h->lim, r) < 0)
 		api_error_response(r, 500, "internal", "The server is out of memory; try again.");
@@ -411,6 +424,17 @@ static const char *limits_name(const struct http *h)
 	                                 : "cgroup v1 and rlimits";
 }
 
+/* Tier full: whether runs are forked from the zygote, whether it is up, its restarts. */
+static void zygote_details(struct http *h, json_t *o)
+{
+	unsigned long restarts = 0;
+	bool up = false, on = jail_zygote_stats(h->jail, &up, &restarts);
+
+	json_object_set_new(o, "zygote",
+	                    on ? json_pack("{s:b,s:I}", "up", up, "restarts", (json_int_t)restarts)
+	                       : json_null());
+}
+
 /* Anyone may ask: status, tier and readiness only. The host's kernel and what it allows are in
  * the start-up log, and here only when the operator set PYEXEC_HEALTH_DETAILS. */
 static enum MHD_Result healthz(struct http *h, struct MHD_Connection *conn, const char *method,
@@ -440,6 +464,7 @@ static enum MHD_Result healthz(struct http *h, struct MHD_Connection *conn, cons
 	if (details && h->iso_report) {
 		json_object_set(o, "isolation", h->iso_report);
 		json_object_set_new(o, "limits", json_string(limits_name(h)));
+		zygote_details(h, o);
 	}
 	body = json_dumps(o, JSON_COMPACT);
 	json_decref(o);
@@ -462,6 +487,11 @@ static enum MHD_Result metrics(struct http *h, struct MHD_Connection *conn, cons
 	if (jail_users_stats(h->jail, &us)) {
 		g.uids_cleaning = us.cleaning;
 		g.uids_quarantined = us.quarantined;
+	}
+	{
+		bool up = false;
+		if (jail_zygote_stats(h->jail, &up, &g.zygote_restarts))
+			g.zygote_up = up;
 	}
 	text = metrics_render(h->metrics, &g);
 	if (!text)

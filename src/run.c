@@ -620,7 +620,9 @@ void sandbox_run(struct sandbox *sb, const struct run_spec *s, struct run_result
 		return;
 	}
 	sandbox_kill(sb->pid, sb->pidfd, sb->uid); /* the init may linger after closing its pipes */
-	lost = io.init_status < 0 && !io.killed && fd_readable(sb->holder, 0);
+	/* No report and not killed by us: a zygote's end shows in its pidfd a moment after
+	 * its runs' ends (its nsjail goes last). */
+	lost = io.init_status < 0 && !io.killed && fd_readable(sb->holder, 500);
 	sandbox_end(sb, r);
 	if (lost)
 		r->end = RUN_LOST;
