@@ -134,16 +134,16 @@ fail:
 static void restart(struct zygote *z)
 {
 	double backoff = 0.5;
-	int status = 0, ctl, pidfd;
-	pid_t pid;
+	int status = 0, ctl = -1, pidfd = -1;
+	pid_t dead, pid = -1;
 	struct err e;
 
 	pthread_mutex_lock(&z->mu);
 	close_fd(&z->ctl);
-	pid = z->pid;
+	dead = z->pid;
 	z->restarts++;
 	pthread_mutex_unlock(&z->mu);
-	waitpid(pid, &status, 0);
+	waitpid(dead, &status, 0);
 	log_json("WARNING",
 	         json_pack("{s:i,s:i}", "exitCode", WIFEXITED(status) ? WEXITSTATUS(status) : -1,
 	                   "signal", WIFSIGNALED(status) ? WTERMSIG(status) : 0),
@@ -230,7 +230,7 @@ static int send_fork(struct zygote *z, const int child[SPAWN_FDS], int handshake
 /* The run's PID 1 sends a pidfd of itself; anything else is refused. */
 static int recv_pidfd(int sock)
 {
-	char cbuf[CMSG_SPACE(sizeof(int))] = {0}, byte;
+	char cbuf[CMSG_SPACE(sizeof(int))] = {0}, byte = 0;
 	struct iovec iov = {.iov_base = &byte, .iov_len = 1};
 	struct msghdr m = {
 	    .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof(cbuf)};
