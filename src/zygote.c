@@ -21,6 +21,7 @@
 
 #define READY_WORD "READY"
 #define BACKOFF_MAX 30.0
+#define WORDS_MAX 2048
 
 struct zygote {
 	struct zygote_opts o;
@@ -31,6 +32,11 @@ struct zygote {
 	pid_t pid;
 	unsigned long restarts;
 	int wake; /* eventfd: stop */
+	/* What nsjail and the zygote say (its stderr): kept, and logged when it fails or dies,
+	 * as a one-shot jail's are; the server's log stays JSON. Only the keeper reads it. */
+	int err;
+	char words[WORDS_MAX];
+	size_t nwords;
 	pthread_t keeper;
 	bool keeper_started;
 };
@@ -64,6 +70,31 @@ static bool wait_readable(int fd, int pidfd, double seconds)
 	return rc > 0 && p[0].revents && !p[1].revents;
 }
 
+/* Keeps the last WORDS_MAX bytes of what the zygote's stderr holds now. */
+static void drain_words(struct zygote *z)
+{
+	char chunk[4096];
+	ssize_t n;
+
+	while (z->err >= 0 && (n = read(z->err, chunk, sizeof(chunk))) > 0) {
+		size_t k = (size_t)n > WORDS_MAX ? WORDS_MAX : (size_t)n;
+		size_t keep = z->nwords + k > WORDS_MAX ? WORDS_MAX - k : z->nwords;
+		memmove(z->words, z->words + z->nwords - keep, keep);
+		memcpy(z->words + keep, chunk + (size_t)n - k, k);
+		z->nwords = keep + k;
+	}
+}
+
+static const char *last_words(struct zygote *z)
+{
+	drain_words(z);
+	if (z->nwords == WORDS_MAX)
+		z->nwords--;
+	z->words[z->nwords] = '\0';
+	z->nwords = 0;
+	return z->words;
+}
+
 static int write_filter(int fd, const struct sock_fprog *f)
 {
 	const char *data = (const char *)f->filter;
@@ -84,7 +115,8 @@ static int write_filter(int fd, const struct sock_fprog *f)
  * the caller publishes them). */
 static int start_one(struct zygote *z, int *ctl, pid_t *pid, int *pidfd, struct err *e)
 {
-	int sv[2], filt[2], fds[SPAWN_FDS], null_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	int sv[2], filt[2] = {-1, -1}, errp[2] = {-1, -1}, fds[SPAWN_FDS];
+	int null_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
 	char word[16];
 	ssize_t n;
 
@@ -94,16 +126,19 @@ static int start_one(struct zygote *z, int *ctl, pid_t *pid, int *pidfd, struct 
 		return err_set(e, 500, "internal", "zygote: cannot make its socket: %s",
 		               strerror(errno));
 	}
-	if (pipe2(filt, O_CLOEXEC) < 0) {
+	if (pipe2(filt, O_CLOEXEC) < 0 || pipe2(errp, O_CLOEXEC) < 0) {
 		close(null_fd), close(sv[0]), close(sv[1]);
+		close_fd(&filt[0]), close_fd(&filt[1]);
 		return err_set(e, 500, "internal", "zygote: cannot make a pipe: %s",
 		               strerror(errno));
 	}
-	/* Its stdout and stderr are the server's: what it says goes to the server log. */
-	fds[0] = null_fd, fds[1] = 2, fds[2] = 2;
+	fcntl(errp[0], F_SETFL, O_NONBLOCK);
+	close_fd(&z->err);
+	z->err = errp[0];
+	fds[0] = null_fd, fds[1] = errp[1], fds[2] = errp[1];
 	fds[ZYGOTE_CTL_FD] = sv[1], fds[ZYGOTE_FILTER_FD] = filt[0];
 	*pid = spawn_process(z->o.argv, fds, NULL, e);
-	close(null_fd), close(sv[1]), close(filt[0]);
+	close(null_fd), close(sv[1]), close(filt[0]), close(errp[1]);
 	if (*pid < 0) {
 		close(sv[0]), close(filt[1]);
 		return -1;
@@ -126,8 +161,8 @@ fail:
 	waitpid(*pid, NULL, 0);
 	close_fd(ctl);
 	close_fd(pidfd);
-	return err_set(e, 500, "internal", "zygote: it did not become ready within %g s",
-	               z->o.start_timeout);
+	return err_set(e, 500, "internal", "zygote: it did not become ready within %g s: %s",
+	               z->o.start_timeout, last_words(z));
 }
 
 /* The zygote died: the server starts another, with a back-off while starts fail. */
@@ -145,8 +180,9 @@ static void restart(struct zygote *z)
 	pthread_mutex_unlock(&z->mu);
 	waitpid(dead, &status, 0);
 	log_json("WARNING",
-	         json_pack("{s:i,s:i}", "exitCode", WIFEXITED(status) ? WEXITSTATUS(status) : -1,
-	                   "signal", WIFSIGNALED(status) ? WTERMSIG(status) : 0),
+	         json_pack("{s:i,s:i,s:s}", "exitCode",
+	                   WIFEXITED(status) ? WEXITSTATUS(status) : -1, "signal",
+	                   WIFSIGNALED(status) ? WTERMSIG(status) : 0, "nsjail", last_words(z)),
 	         "zygote: it died; starting another (runs start in one-shot jails meanwhile)");
 	while (start_one(z, &ctl, &pid, &pidfd, &e) < 0) {
 		log_error("%s; retrying in %g s", e.message, backoff);
@@ -166,16 +202,23 @@ static void *keeper_main(void *arg)
 	struct zygote *z = arg;
 
 	for (;;) {
-		struct pollfd p[2] = {{.fd = z->wake, .events = POLLIN},
-		                      {.fd = z->pidfd, .events = POLLIN}};
-		if (poll(p, 2, -1) < 0 && errno != EINTR)
+		struct pollfd p[3] = {{.fd = z->wake, .events = POLLIN},
+		                      {.fd = z->pidfd, .events = POLLIN},
+		                      {.fd = z->err, .events = POLLIN}};
+		if (poll(p, 3, -1) < 0 && errno != EINTR)
 			return NULL;
 		if (p[0].revents)
 			return NULL;
+		if (p[2].revents & POLLIN)
+			drain_words(z);
+		else if (p[2].revents)
+			close_fd(&z->err); /* nsjail is going: what it said is kept */
 		if (p[1].revents)
 			restart(z);
 	}
 }
+
+static int first_fork(struct zygote *z, struct err *e);
 
 struct zygote *zygote_new(const struct zygote_opts *o, struct err *e)
 {
@@ -186,11 +229,13 @@ struct zygote *zygote_new(const struct zygote_opts *o, struct err *e)
 		return NULL;
 	}
 	z->o = *o;
-	z->ctl = z->pidfd = -1;
+	z->ctl = z->pidfd = z->err = -1;
 	pthread_mutex_init(&z->mu, NULL);
 	z->wake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (z->wake < 0 || filter_build_full(&z->filter, e) < 0 ||
 	    start_one(z, &z->ctl, &z->pid, &z->pidfd, e) < 0)
+		goto fail;
+	if (first_fork(z, e) < 0)
 		goto fail;
 	if (pthread_create(&z->keeper, NULL, keeper_main, z) != 0) {
 		err_set(e, 500, "internal", "zygote: cannot start its keeper thread");
@@ -336,6 +381,28 @@ fail:
 	return NULL;
 }
 
+/* A zygote that starts may still be unable to fork a run (a host that refuses nested user
+ * namespaces): one run is started and ended before the zygote is used. */
+static int first_fork(struct zygote *z, struct err *e)
+{
+	char tag[32];
+	struct sandbox *sb;
+	struct run_result r;
+	int rc;
+
+	snprintf(tag, sizeof(tag), "run-%d-zygote", (int)getpid());
+	sb = zygote_fork(z, tag, e);
+	if (!sb)
+		return -1;
+	rc = sandbox_wait_ready(sb, z->o.start_timeout);
+	sandbox_destroy(sb, &r);
+	cgroup_run_remove(z->o.cg, tag);
+	if (rc < 0)
+		return err_set(e, 500, "internal",
+		               "zygote: its first run did not become ready (%s)", r.diag);
+	return 0;
+}
+
 bool zygote_up(struct zygote *z)
 {
 	bool up;
@@ -373,6 +440,7 @@ void zygote_free(struct zygote *z)
 	}
 	close_fd(&z->ctl);
 	close_fd(&z->pidfd);
+	close_fd(&z->err);
 	if (z->wake >= 0)
 		close(z->wake);
 	filter_free(&z->filter);
