@@ -260,6 +260,10 @@ static int zygote_build(struct args *a, const struct config *c, const char *py, 
 	/* A run writes its uid maps there before it mounts a read-only /proc of its own. */
 	rc |= jail_add(a, "--proc_rw");
 	rc |= jail_add(a, "--time_limit=0");
+	/* Forks for the pool yield to runs, as one-shot pool jails do: sandbox_run restores the
+	 * run's processes to the normal priority at the hand-over. */
+	if (can_renice())
+		rc |= jail_add(a, "--nice_level=19");
 	rc |= jail_add(a, "--seccomp_string=%s", policy);
 	rc |= jail_add(a, "--pass_fd=%d", ZYGOTE_CTL_FD);
 	rc |= jail_add(a, "--pass_fd=%d", ZYGOTE_FILTER_FD);
