@@ -236,3 +236,19 @@ def test_a_run_is_in_its_own_cgroup_with_the_limits(zserver):
               "            os._exit(0)\n        n += 1\n    return n\n")
     n = expect_result(zserver.execute(script))
     assert 25 <= n < 32, n
+
+
+def test_forks_wait_at_low_priority_and_run_at_normal(zserver):
+    script = ("import os\ndef main():\n"
+              "    return [os.getpriority(os.PRIO_PROCESS, 0), os.getpriority(os.PRIO_PROCESS, 1)]\n")
+    assert expect_result(zserver.execute(script)) == [0, 0]
+    zygotes = zygote_pids(zserver)
+    assert zygotes and all(os.getpriority(os.PRIO_PROCESS, p) == 19 for p in zygotes)
+
+
+def test_what_nsjail_and_the_zygote_say_stays_out_of_the_json_log(zserver):
+    import json
+
+    zserver.execute("def main():\n    return 1\n")
+    for line in zserver.log_path.read_text().splitlines():
+        json.loads(line)
