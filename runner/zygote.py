@@ -136,7 +136,8 @@ def new_namespaces(cfg):
     write_file("/proc/self/setgroups", "deny")
     write_file("/proc/self/uid_map", f"{uid} {uid} 1\n")
     write_file("/proc/self/gid_map", f"{gid} {gid} 1\n")
-    # The namespace above kept the zygote's limit (all runs together); this run gets its own.
+    # Its user namespace keeps the zygote's RLIMIT_NPROC as the cap of all runs together
+    # (each level of nested namespaces counts); the run itself gets its own.
     nproc, cpu = cfg["limits"]
     import resource
 
@@ -237,6 +238,8 @@ def main():
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import runner
 
+    if SYS_CLONE is None:
+        sys.exit(f"pyexec zygote: no clone system call number for {os.uname().machine}")
     program = read_all(filter_fd)
     os.close(filter_fd)
     if not program or len(program) % 8:
