@@ -245,7 +245,9 @@ int cgroup_run_adopt(const struct cgroup *cg, const char *name, pid_t pid, unsig
 		return -1;
 	if (cg->mode == CGROUP_V2) {
 		rc |= set_in(cg->mem, name, "memory.max", mem);
-		rc |= set_in(cg->mem, name, "memory.swap.max", 0);
+		/* Absent where the kernel keeps no swap accounting: nothing to cap then. */
+		if (set_in(cg->mem, name, "memory.swap.max", 0) < 0 && errno != ENOENT)
+			rc = -1;
 		rc |= set_in(cg->mem, name, "pids.max", procs);
 		return rc | set_in(cg->mem, name, "cgroup.procs", (unsigned long long)pid);
 	}
