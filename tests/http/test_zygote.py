@@ -252,3 +252,11 @@ def test_what_nsjail_and_the_zygote_say_stays_out_of_the_json_log(zserver):
     zserver.execute("def main():\n    return 1\n")
     for line in zserver.log_path.read_text().splitlines():
         json.loads(line)
+
+
+def test_zygote_off_gives_one_shot_jails(server_factory):
+    srv = server_factory(PYEXEC_HEALTH_DETAILS="on", PYEXEC_ZYGOTE="off")
+    assert srv.get("/healthz").json()["zygote"] is None
+    assert zygote_pids(srv) == []
+    assert expect_result(srv.execute("def main():\n    return 3\n")) == 3
+    assert "pyexec_zygote_up 0" in srv.get("/metrics").body.decode()
