@@ -161,7 +161,8 @@ fail:
 	waitpid(*pid, NULL, 0);
 	close_fd(ctl);
 	close_fd(pidfd);
-	return err_set(e, 500, "internal", "zygote: it did not become ready within %g s: %s",
+	return err_set(e, 500, "internal",
+	               "zygote: it exited or did not become ready within %g s: %s",
 	               z->o.start_timeout, last_words(z));
 }
 
