@@ -630,6 +630,12 @@ def start():
     # Imported before the split, the preloaded modules' pages are shared with the init, so
     # the script's process has less of its own to free when it exits.
     preload(sys.argv[4] if len(sys.argv) > 4 else "")
+    serve(result_fd, status_fd, result_max, output_caps, restricted)
+
+
+def serve(result_fd, status_fd, result_max, output_caps, restricted):
+    """Steps 1 to 4 of the protocol, once this process is the jail's first: runner/zygote.py
+    calls it in each run it forks."""
     become_init(status_fd, output_caps, restricted)
     result_fd = hide_result_fd(result_fd)
     write_all(result_fd, b"READY\n")
