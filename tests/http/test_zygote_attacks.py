@@ -315,3 +315,32 @@ def test_a_stuck_zygote_is_replaced(server_factory):
         except ProcessLookupError:
             pass
     assert expect_result(srv.execute("def main():\n    return 8\n")) == 8
+
+
+# --- A fork behaves as a fresh interpreter ---------------------------------------------------
+
+SIGNALS = """
+import os, signal, time
+def main():
+    got = [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGPIPE, signal.SIGXFSZ)]
+    got = [getattr(h, "__name__", None) or signal.Handlers(h).name for h in got]
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(1)
+    except KeyboardInterrupt:
+        got.append("KeyboardInterrupt")
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        os.write(w, b"x")
+    except BrokenPipeError:
+        got.append("BrokenPipeError")
+    return got
+"""
+
+
+def test_a_run_has_a_fresh_interpreters_signal_dispositions(zserver):
+    # As `python3` starts: Ctrl-C raises KeyboardInterrupt, a closed pipe raises
+    # BrokenPipeError, a file past RLIMIT_FSIZE fails with EFBIG; none kills the script.
+    assert expect_result(zserver.execute(SIGNALS)) == [
+        "default_int_handler", "SIG_IGN", "SIG_IGN", "KeyboardInterrupt", "BrokenPipeError"]
