@@ -436,6 +436,8 @@ def become_init(status_fd, output_caps, restricted):
             not_dumpable()
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        # As a fresh interpreter has it (a zygote's init has the default).
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         for fd in (status_fd, out_r, wake_r, wake_w):
             os.close(fd)
         os.dup2(out_w, 1)
