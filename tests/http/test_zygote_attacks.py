@@ -344,3 +344,64 @@ def test_a_run_has_a_fresh_interpreters_signal_dispositions(zserver):
     # BrokenPipeError, a file past RLIMIT_FSIZE fails with EFBIG; none kills the script.
     assert expect_result(zserver.execute(SIGNALS)) == [
         "default_int_handler", "SIG_IGN", "SIG_IGN", "KeyboardInterrupt", "BrokenPipeError"]
+
+
+# Two runs at once, each making System V IPC objects under the same keys and then looking for
+# the other's: each has an IPC namespace of its own, nested in the zygote's.
+SYSV = """
+import ctypes, errno, os, time
+libc = ctypes.CDLL(None, use_errno=True)
+KEYS = {"a": 0x5059, "b": 0x5060}
+def main():
+    mine, other = KEYS[ME], KEYS["b" if ME == "a" else "a"]
+    made = [libc.shmget(mine, 4096, 0o1600) >= 0, libc.semget(mine, 1, 0o1600) >= 0,
+            libc.msgget(mine, 0o1600) >= 0]
+    time.sleep(2.5)  # the other run is alive meanwhile
+    seen = []
+    for get in (lambda k: libc.shmget(k, 0, 0), lambda k: libc.semget(k, 0, 0),
+                lambda k: libc.msgget(k, 0)):
+        seen.append(get(other) >= 0 or errno.errorcode[ctypes.get_errno()])
+    return [made, seen, open("/proc/sysvipc/shm").read().count("\\n")]
+"""
+
+
+@ZYGOTE_ONLY
+def test_concurrent_runs_share_no_system_v_ipc(zserver):
+    with concurrent.futures.ThreadPoolExecutor(2) as ex:
+        futs = [ex.submit(zserver.execute, SYSV.replace("KEYS[ME]", f"KEYS[{me!r}]")
+                          .replace('"b" if ME == "a"', f'"b" if {me!r} == "a"'), 20)
+                for me in "ab"]
+        got = [expect_result(f.result()) for f in futs]
+    for made, seen, shm_lines in got:
+        assert made == [True, True, True], got
+        assert seen == ["ENOENT"] * 3, got
+        assert shm_lines == 2, got  # the header and its own segment
+
+
+PIDFD = """
+import ctypes, errno, os, signal, time
+libc = ctypes.CDLL(None, use_errno=True)
+def main():
+    out = []
+    for pid in (1, 3, 4, 100):
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError as e:
+            out.append(errno.errorcode[e.errno])
+            continue
+        for sig in (signal.SIGSTOP, signal.SIGKILL):
+            out.append(libc.syscall(424, fd, sig, None, 0))  # pidfd_send_signal
+        time.sleep(0.2)
+        out.append(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0])
+    return out
+"""
+
+
+@ZYGOTE_ONLY
+def test_a_run_cannot_stop_or_kill_its_init_by_pidfd(zserver):
+    before = zygote_state(zserver)
+    # The kernel takes the signals (0) and the init, which has no handler for them, ignores
+    # them: it is neither stopped nor killed; no other pid exists to open.
+    assert expect_result(zserver.execute(PIDFD)) == [0, 0, "S", "ESRCH", "ESRCH", "ESRCH"]
+    assert expect_result(zserver.execute("def main():\n    return 1\n")) == 1
+    assert zygote_state(zserver) == before
