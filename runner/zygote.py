@@ -209,7 +209,9 @@ def run_child(fds, cfg):
     zygote, which reaps it."""
     try:
         signal.set_wakeup_fd(-1)
-        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGPIPE):
+        # The init takes no KeyboardInterrupt (the script's process gets Python's handler
+        # back: runner.become_init); SIGPIPE stays ignored, as Python starts with it.
+        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, signal.SIG_DFL)
         os.setsid()
         place_fds(fds)

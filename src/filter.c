@@ -193,6 +193,10 @@ static const char *const denied_full[] = {
     "ustat",
     "sysfs",
     "nfsservctl",
+    /* Counted against root's quota on the host (config/seccomp.kafel, pyexec_full). */
+    "inotify_init",
+    "inotify_init1",
+    "fanotify_init",
 };
 
 static int add_full_rules(scmp_filter_ctx ctx)

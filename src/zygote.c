@@ -326,6 +326,15 @@ static int go_ahead(struct zygote *z, const char *tag, pid_t pid, int hs, struct
 	return 0;
 }
 
+/* Alive but no fork within the start timeout (stopped, wedged): it is ended, so that the keeper
+ * starts another instead of every later run waiting as long for it. holder is its nsjail's
+ * pidfd, whose death kills the zygote (its parent-death signal). */
+static void end_stuck(int holder)
+{
+	log_error("zygote: it made no run within the start timeout; replacing it");
+	syscall(SYS_pidfd_send_signal, holder, SIGKILL, NULL, 0);
+}
+
 struct sandbox *zygote_fork(struct zygote *z, const char *tag, struct err *e)
 {
 	int child[SPAWN_FDS], hs[2] = {-1, -1}, holder = -1, pidfd = -1;
@@ -349,6 +358,8 @@ struct sandbox *zygote_fork(struct zygote *z, const char *tag, struct err *e)
 		err_set(e, 500, "internal", "zygote: it is down");
 	else if (wait_readable(hs[0], holder, z->o.start_timeout))
 		pidfd = recv_pidfd(hs[0]);
+	else if (!readable(holder, 0))
+		end_stuck(holder);
 	pid = pidfd >= 0 ? pidfd_pid(pidfd) : -1;
 	if (pid <= 0) {
 		if (holder >= 0)
