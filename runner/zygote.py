@@ -4,7 +4,7 @@
 
 It imports runner.py (bound beside it) and the PRELOAD modules, reads the seccomp program the
 server compiled (struct sock_filter array) from FILTER_FD until EOF, says "READY" on CTL_FD (a
-SOCK_SEQPACKET socket) and then, for each message there carrying six descriptors (the run's
+SOCK_SEQPACKET socket), with a pidfd of itself, and then, for each message there carrying six descriptors (the run's
 stdin, stdout, stderr, result channel, status channel and a handshake socket), forks a run:
 
 1. the fork (a clone into new namespaces) takes its own user (uid 65534 mapped onto itself), mount, PID, IPC, UTS and network
@@ -263,7 +263,11 @@ def main():
     # What the forks share stays shared: the collector no longer writes the old objects.
     gc.collect()
     gc.freeze()
-    ctl.send(b"READY")
+    # With a pidfd of itself: the server sees this process's death at once, not only once
+    # nsjail has noticed it and exited (a run it loses that way is run again).
+    me = os.pidfd_open(os.getpid())
+    socket.send_fds(ctl, [b"READY"], [me])
+    os.close(me)
     while True:
         msg, fds, _flags, _addr = socket.recv_fds(ctl, 16, RUN_FDS + 1)
         if not msg:

@@ -28,7 +28,11 @@ struct zygote {
 	struct zygote_opts o;
 	struct sock_fprog filter; /* what each run installs: the full tier's policy */
 	pthread_mutex_t mu;
-	int ctl;           /* its control socket; -1 while it is down */
+	int ctl; /* its control socket; -1 while it is down */
+	/* A pidfd of the zygote's interpreter itself (sent with its ready word): readable the
+	 * moment it dies, however late its nsjail exits; runs hold a copy, so that one that ends
+	 * without its init's report counts as lost. -1 while it is down. */
+	int self;
 	struct proc *proc; /* its nsjail, through the supervisor; NULL while it is down */
 	unsigned long restarts;
 	int wake; /* eventfd: stop */
@@ -106,16 +110,59 @@ static int write_filter(int fd, const struct sock_fprog *f)
 	return 0;
 }
 
-/* Starts one zygote and waits for its ready word; fills ctl and proc (not under the lock: the
- * caller publishes them). */
-static int start_one(struct zygote *z, int *ctl, struct proc **proc, struct err *e)
+/* The pid a pidfd stands for, in the server's pid namespace; -1 when fd is no pidfd. */
+static pid_t pidfd_pid(int fd)
+{
+	char path[64], text[1024], *p;
+	ssize_t n;
+	int info;
+
+	snprintf(path, sizeof(path), "/proc/self/fdinfo/%d", fd);
+	info = open(path, O_RDONLY | O_CLOEXEC);
+	if (info < 0)
+		return -1;
+	n = read(info, text, sizeof(text) - 1);
+	close(info);
+	if (n <= 0)
+		return -1;
+	text[n] = '\0';
+	p = strstr(text, "\nPid:");
+	return p ? (pid_t)strtol(p + 5, NULL, 10) : -1;
+}
+
+/* One message that is word and carries one descriptor, a pidfd (the zygote's ready word, a
+ * run's "P"); anything else is refused. Returns the pidfd, else -1. */
+static int recv_pidfd(int sock, const char *word)
+{
+	char cbuf[CMSG_SPACE(sizeof(int))] = {0}, got[16];
+	struct iovec iov = {.iov_base = got, .iov_len = sizeof(got)};
+	struct msghdr m = {
+	    .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof(cbuf)};
+	struct cmsghdr *c;
+	ssize_t n = recvmsg(sock, &m, MSG_CMSG_CLOEXEC);
+	int fd = -1;
+
+	if (n < 0)
+		return -1;
+	c = CMSG_FIRSTHDR(&m);
+	if (c && c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS &&
+	    c->cmsg_len == CMSG_LEN(sizeof(int)))
+		memcpy(&fd, CMSG_DATA(c), sizeof(int));
+	if (n == (ssize_t)strlen(word) && memcmp(got, word, (size_t)n) == 0 &&
+	    !(m.msg_flags & (MSG_CTRUNC | MSG_TRUNC)) && pidfd_pid(fd) > 0)
+		return fd;
+	if (fd >= 0)
+		close(fd);
+	return -1;
+}
+
+/* Starts one zygote and waits for its ready word, which carries a pidfd of the zygote itself;
+ * fills ctl, self and proc (not under the lock: the caller publishes them). */
+static int start_one(struct zygote *z, int *ctl, int *self, struct proc **proc, struct err *e)
 {
 	struct proc_opts o = {.tag = "zygote"};
 	int sv[2], filt[2] = {-1, -1}, errp[2] = {-1, -1}, fds[SPAWN_FDS];
 	int null_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-	char word[16];
-	ssize_t n;
-
 	if (null_fd < 0 || socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0) {
 		if (null_fd >= 0)
 			close(null_fd);
@@ -147,8 +194,8 @@ static int start_one(struct zygote *z, int *ctl, struct proc **proc, struct err 
 	filt[1] = -1;
 	if (!wait_readable(*ctl, proc_fd(*proc), z->o.start_timeout))
 		goto fail;
-	n = recv(*ctl, word, sizeof(word), 0);
-	if (n != (ssize_t)strlen(READY_WORD) || memcmp(word, READY_WORD, (size_t)n) != 0)
+	*self = recv_pidfd(*ctl, READY_WORD);
+	if (*self < 0)
 		goto fail;
 	return 0;
 fail:
@@ -167,11 +214,12 @@ static void restart(struct zygote *z)
 	double backoff = 0.5;
 	struct proc *dead, *proc = NULL;
 	struct proc_end end;
-	int ctl = -1;
+	int ctl = -1, self = -1;
 	struct err e;
 
 	pthread_mutex_lock(&z->mu);
 	close_fd(&z->ctl);
+	close_fd(&z->self);
 	dead = z->proc;
 	z->proc = NULL;
 	z->restarts++;
@@ -179,14 +227,14 @@ static void restart(struct zygote *z)
 	proc_end(dead, false, 0, &end);
 	log_json("WARNING", json_pack("{s:i,s:s}", "exitCode", end.status, "nsjail", last_words(z)),
 	         "zygote: it died; starting another (runs start in one-shot jails meanwhile)");
-	while (start_one(z, &ctl, &proc, &e) < 0) {
+	while (start_one(z, &ctl, &self, &proc, &e) < 0) {
 		log_error("%s; retrying in %g s", e.message, backoff);
 		if (readable(z->wake, (int)(backoff * 1000)))
 			return;
 		backoff = fmin(backoff * 2, BACKOFF_MAX);
 	}
 	pthread_mutex_lock(&z->mu);
-	z->ctl = ctl, z->proc = proc;
+	z->ctl = ctl, z->self = self, z->proc = proc;
 	pthread_mutex_unlock(&z->mu);
 	log_info("zygote: ready again");
 }
@@ -195,11 +243,14 @@ static void *keeper_main(void *arg)
 {
 	struct zygote *z = arg;
 
+	bool ending = false; /* its interpreter died and its nsjail was killed */
+
 	for (;;) {
-		struct pollfd p[3] = {{.fd = z->wake, .events = POLLIN},
+		struct pollfd p[4] = {{.fd = z->wake, .events = POLLIN},
 		                      {.fd = z->proc ? proc_fd(z->proc) : -1, .events = POLLIN},
-		                      {.fd = z->err, .events = POLLIN}};
-		if (poll(p, 3, -1) < 0 && errno != EINTR)
+		                      {.fd = z->err, .events = POLLIN},
+		                      {.fd = ending ? -1 : z->self, .events = POLLIN}};
+		if (poll(p, 4, -1) < 0 && errno != EINTR)
 			return NULL;
 		if (p[0].revents)
 			return NULL;
@@ -207,8 +258,15 @@ static void *keeper_main(void *arg)
 			drain_words(z);
 		else if (p[2].revents)
 			close_fd(&z->err); /* nsjail is going: what it said is kept */
-		if (p[1].revents)
+		/* Its nsjail would exit too, in its own time: the restart need not wait for it. */
+		if (p[3].revents && z->proc) {
+			proc_kill(z->proc);
+			ending = true;
+		}
+		if (p[1].revents) {
 			restart(z);
+			ending = false;
+		}
 	}
 }
 
@@ -223,11 +281,11 @@ struct zygote *zygote_new(const struct zygote_opts *o, struct err *e)
 		return NULL;
 	}
 	z->o = *o;
-	z->ctl = z->err = -1;
+	z->ctl = z->self = z->err = -1;
 	pthread_mutex_init(&z->mu, NULL);
 	z->wake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (z->wake < 0 || filter_build_full(&z->filter, e) < 0 ||
-	    start_one(z, &z->ctl, &z->proc, e) < 0)
+	    start_one(z, &z->ctl, &z->self, &z->proc, e) < 0)
 		goto fail;
 	if (first_fork(z, e) < 0)
 		goto fail;
@@ -261,48 +319,9 @@ static int send_fork(struct zygote *z, const int child[SPAWN_FDS], int handshake
 	memcpy(CMSG_DATA(c), fds, sizeof(fds));
 	pthread_mutex_lock(&z->mu);
 	if (z->ctl >= 0 && sendmsg(z->ctl, &m, MSG_NOSIGNAL) == 1)
-		holder = fcntl(proc_fd(z->proc), F_DUPFD_CLOEXEC, 0);
+		holder = fcntl(z->self, F_DUPFD_CLOEXEC, 0);
 	pthread_mutex_unlock(&z->mu);
 	return holder;
-}
-
-/* The run's PID 1 sends a pidfd of itself; anything else is refused. */
-static int recv_pidfd(int sock)
-{
-	char cbuf[CMSG_SPACE(sizeof(int))] = {0}, byte = 0;
-	struct iovec iov = {.iov_base = &byte, .iov_len = 1};
-	struct msghdr m = {
-	    .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof(cbuf)};
-	struct cmsghdr *c;
-	int fd = -1;
-
-	if (recvmsg(sock, &m, MSG_CMSG_CLOEXEC) != 1 || (m.msg_flags & MSG_CTRUNC))
-		return -1;
-	c = CMSG_FIRSTHDR(&m);
-	if (c && c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS &&
-	    c->cmsg_len == CMSG_LEN(sizeof(int)))
-		memcpy(&fd, CMSG_DATA(c), sizeof(int));
-	return byte == 'P' ? fd : (fd >= 0 ? close(fd), -1 : -1);
-}
-
-/* The pid a pidfd stands for, in the server's pid namespace; -1 when fd is no pidfd. */
-static pid_t pidfd_pid(int fd)
-{
-	char path[64], text[1024], *p;
-	ssize_t n;
-	int info;
-
-	snprintf(path, sizeof(path), "/proc/self/fdinfo/%d", fd);
-	info = open(path, O_RDONLY | O_CLOEXEC);
-	if (info < 0)
-		return -1;
-	n = read(info, text, sizeof(text) - 1);
-	close(info);
-	if (n <= 0)
-		return -1;
-	text[n] = '\0';
-	p = strstr(text, "\nPid:");
-	return p ? (pid_t)strtol(p + 5, NULL, 10) : -1;
 }
 
 static void oom_first(pid_t pid)
@@ -327,8 +346,8 @@ static int go_ahead(struct zygote *z, const char *tag, pid_t pid, int hs, struct
 }
 
 /* Alive but no fork within the start timeout (stopped, wedged): it is ended, so that the keeper
- * starts another instead of every later run waiting as long for it. holder is its nsjail's
- * pidfd, whose death kills the zygote (its parent-death signal). */
+ * starts another instead of every later run waiting as long for it. holder is a pidfd of the
+ * zygote itself, whose death ends its nsjail (and the keeper kills that too). */
 static void end_stuck(int holder)
 {
 	log_error("zygote: it made no run within the start timeout; replacing it");
@@ -357,7 +376,7 @@ struct sandbox *zygote_fork(struct zygote *z, const char *tag, struct err *e)
 	if (holder < 0)
 		err_set(e, 500, "internal", "zygote: it is down");
 	else if (wait_readable(hs[0], holder, z->o.start_timeout))
-		pidfd = recv_pidfd(hs[0]);
+		pidfd = recv_pidfd(hs[0], "P");
 	else if (!readable(holder, 0))
 		end_stuck(holder);
 	pid = pidfd >= 0 ? pidfd_pid(pidfd) : -1;
@@ -415,7 +434,7 @@ bool zygote_up(struct zygote *z)
 	bool up;
 
 	pthread_mutex_lock(&z->mu);
-	up = z->ctl >= 0;
+	up = z->ctl >= 0 && !readable(z->self, 0);
 	pthread_mutex_unlock(&z->mu);
 	return up;
 }
@@ -444,6 +463,7 @@ void zygote_free(struct zygote *z)
 	if (z->proc)
 		proc_end(z->proc, true, 0, NULL);
 	close_fd(&z->ctl);
+	close_fd(&z->self);
 	close_fd(&z->err);
 	if (z->wake >= 0)
 		close(z->wake);

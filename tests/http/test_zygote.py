@@ -173,6 +173,42 @@ def test_zygote_killed_mid_run_runs_it_again_in_a_jail(server_factory):
     assert "running it again" in srv.log_tail(200)
 
 
+def parent_of(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+def test_run_whose_zygote_died_is_run_again_however_late_its_nsjail_exits(server_factory):
+    # The run is lost when the zygote itself is gone, not only once its nsjail has exited: a
+    # stopped nsjail stands for one the loaded host lets exit late (it was a 422 "killed").
+    srv = server_factory(fresh=True, PYEXEC_HEALTH_DETAILS="on", PYEXEC_POOL="0")
+    script = ("import time\ndef main():\n    print('started', flush=True)\n"
+              "    time.sleep(3)\n    return 6\n")
+    victims = zygote_pids(srv)
+    assert len(victims) == 1, victims
+    nsjail = parent_of(victims[0])
+    with concurrent.futures.ThreadPoolExecutor(1) as ex:
+        fut = ex.submit(srv.execute, script, 30)
+        time.sleep(1.5)
+        os.kill(nsjail, signal.SIGSTOP)
+        try:
+            os.kill(victims[0], signal.SIGKILL)
+            resp = fut.result()
+        finally:
+            try:
+                os.kill(nsjail, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+    assert expect_result(resp) == 6
+    assert resp.json()["stdout"] == "started\n"
+    assert "running it again" in srv.log_tail(200)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and zygote_state(srv) != {"up": True, "restarts": 1}:
+        time.sleep(0.2)
+    assert zygote_state(srv) == {"up": True, "restarts": 1}
+    assert expect_result(srv.execute("def main():\n    return 8\n")) == 8
+
+
 RANDOM = """
 import os, random, uuid, tempfile, numpy as np
 def main():
