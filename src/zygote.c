@@ -134,7 +134,7 @@ static pid_t pidfd_pid(int fd)
  * run's "P"); anything else is refused. Returns the pidfd, else -1. */
 static int recv_pidfd(int sock, const char *word)
 {
-	char cbuf[CMSG_SPACE(sizeof(int))] = {0}, got[16];
+	char cbuf[CMSG_SPACE(sizeof(int))] = {0}, got[16] = {0};
 	struct iovec iov = {.iov_base = got, .iov_len = sizeof(got)};
 	struct msghdr m = {
 	    .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof(cbuf)};
