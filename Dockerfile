@@ -70,7 +70,7 @@ FROM packages AS rootfs
 COPY --from=nsjail /usr/local/bin/nsjail /usr/local/bin/nsjail
 COPY --from=pyexecd /usr/local/bin/pyexecd /usr/local/bin/pyexecd
 # pyexecd looks for these in /usr/lib/pyexec when it does not run from a checkout.
-COPY runner/runner.py config/nsjail.cfg config/nsjail-restricted.cfg config/seccomp.kafel \
+COPY runner/runner.py runner/zygote.py config/nsjail.cfg config/nsjail-restricted.cfg config/seccomp.kafel \
      /usr/lib/pyexec/
 COPY scripts/image-rootfs /tmp/
 RUN /tmp/image-rootfs && rm /tmp/image-rootfs

@@ -38,9 +38,14 @@ WORKLOADS = {
 }
 
 MODES = {
-    "cold": {"PYEXEC_POOL": "0"},
-    "ready": {"PYEXEC_POOL": "8", "PYEXEC_PRELOAD": "numpy,pandas"},
+    "cold": {"PYEXEC_POOL": "0", "PYEXEC_ZYGOTE": "off"},
+    "ready": {"PYEXEC_POOL": "8", "PYEXEC_PRELOAD": "numpy,pandas", "PYEXEC_ZYGOTE": "off"},
+    "zygote": {"PYEXEC_POOL": "8", "PYEXEC_PRELOAD": "numpy,pandas", "PYEXEC_ZYGOTE": "on"},
 }
+
+# The server on its defaults, with the zygote, one-shot ready jails, and every run cold.
+DEFAULTS = [("zygote", {}), ("one-shot", {"PYEXEC_ZYGOTE": "off"}),
+            ("cold", {"PYEXEC_ZYGOTE": "off", "PYEXEC_POOL": "0"})]
 
 
 def free_port():
@@ -50,12 +55,13 @@ def free_port():
 
 
 class Server:
-    def __init__(self, binary, env):
+    def __init__(self, binary, env, defaults=False):
         self.port = free_port()
         full = {k: v for k, v in os.environ.items() if not k.startswith("PYEXEC_")}
         full.update(env)
-        full.setdefault("PYEXEC_CONCURRENCY", "8")
-        full.setdefault("PYEXEC_QUEUE", "64")
+        if not defaults:
+            full.setdefault("PYEXEC_CONCURRENCY", "8")
+            full.setdefault("PYEXEC_QUEUE", "64")
         self.log = open(f"/tmp/pyexec-bench-{self.port}.log", "wb")
         self.proc = subprocess.Popen([binary, "--host", "127.0.0.1", "--port", str(self.port)],
                                      env=full, stdout=self.log, stderr=subprocess.STDOUT,
@@ -127,11 +133,38 @@ def vm_rss_kib(pid):
     return 0
 
 
-def pss_kib(pid):
+def pss_kib(pid, field="Pss:"):
     for line in read(f"/proc/{pid}/smaps_rollup").splitlines():
-        if line.startswith("Pss:"):
+        if line.startswith(field):
             return int(line.split()[1])
     return 0
+
+
+def uss_kib(pid):
+    return pss_kib(pid, "Private_Clean:") + pss_kib(pid, "Private_Dirty:")
+
+
+def zygote_of(server):
+    """The zygote's interpreter (child of its nsjail, the server's child), or None."""
+    for jail in (p for p in all_pids() if ppid(p) == server.proc.pid):
+        for p in all_pids():
+            if ppid(p) == jail and "zygote.py" in read(f"/proc/{p}/cmdline"):
+                return p
+    return None
+
+
+def memory(server):
+    """PSS of the server and everything under it, and per ready run the sum of its processes'
+    PSS and USS (private memory: what one more ready run costs): a ready run is an nsjail
+    and its jail, or a fork of the zygote and its children."""
+    total = sum(pss_kib(p) for p in descendants(server.proc.pid))
+    zygote = zygote_of(server)
+    parent = zygote if zygote else server.proc.pid
+    runs = [p for p in all_pids() if ppid(p) == parent]
+    pss = [sum(pss_kib(q) for q in descendants(r)) for r in runs]
+    uss = [sum(uss_kib(q) for q in descendants(r)) for r in runs]
+    med = (lambda v: statistics.median(v) if v else 0)
+    return {"total": total, "runs": len(runs), "pss": med(pss), "uss": med(uss)}
 
 
 def descendants(pid):
@@ -144,13 +177,6 @@ def descendants(pid):
         out.append(p)
         todo.extend(kids.get(p, []))
     return out
-
-
-def ready_jail_pss(server):
-    """Proportional memory of one ready jail: nsjail, the jail's init and the runner."""
-    jails = [p for p in all_pids() if ppid(p) == server.proc.pid]
-    sizes = [sum(pss_kib(p) for p in descendants(j)) for j in jails]
-    return statistics.median(sizes) if sizes else 0
 
 
 def client_loop(port, script, count, think, out, deadline=None):
@@ -207,8 +233,8 @@ def latency_table(binary, think, per_client):
             time.sleep(1)
             before = srv.footprint()
             extra = {"idle_rss_kib": before["rss_kib"]}
-            if mode == "ready":
-                extra["jail_pss_kib"] = ready_jail_pss(srv)
+            if mode != "cold":
+                extra["jail_pss_kib"] = memory(srv)["pss"]
             for name, script in WORKLOADS.items():
                 for clients in (1, 8):
                     srv.wait_ready()
@@ -246,9 +272,11 @@ def tier_table(binary, think, per_client):
 
 
 def saturation_table(binary, seconds):
-    configs = [("cold", {"PYEXEC_POOL": "0"}),
+    configs = [("cold", MODES["cold"]),
                ("ready, preload numpy+pandas", MODES["ready"]),
-               ("ready, no preload", {"PYEXEC_POOL": "8", "PYEXEC_PRELOAD": ""})]
+               ("ready, no preload", {"PYEXEC_POOL": "8", "PYEXEC_PRELOAD": "",
+                                      "PYEXEC_ZYGOTE": "off"}),
+               ("zygote, preload numpy+pandas", MODES["zygote"])]
     rows = []
     for label, env in configs:
         srv = Server(binary, env)
@@ -262,6 +290,44 @@ def saturation_table(binary, seconds):
     return rows
 
 
+def defaults_table(binary, requests, seconds):
+    """The server on its defaults: one client in a loop with no pause (a notebook, an agent),
+    and 8 clients with no pause, for the zygote, one-shot ready jails and cold runs; with the
+    idle memory of each."""
+    rows, mem = [], {}
+    for label, env in DEFAULTS:
+        srv = Server(binary, env, defaults=True)
+        try:
+            time.sleep(2)
+            mem[label] = memory(srv)
+            for name in ("trivial", "pandas"):
+                srv.wait_ready()
+                res, wall = drive(srv.port, WORKLOADS[name], 1, count=requests)
+                rows.append((name, label, 1, summarize(res, wall)))
+                srv.wait_ready()
+                res, wall = drive(srv.port, WORKLOADS[name], 8, seconds=seconds)
+                rows.append((name, label, 8, summarize(res, wall)))
+        finally:
+            srv.stop()
+    return rows, mem
+
+
+def print_defaults(binary, requests, seconds):
+    rows, mem = defaults_table(binary, requests, seconds)
+    print(f"\nServer on its defaults, no pause: 1 client x {requests} requests, then 8 clients "
+          f"for {seconds:.0f} s")
+    print(f"{'workload':<9} {'mode':<9} {'c':>2} {'n':>5} {'runs/s':>7} {'p50':>8} {'p99':>8} "
+          f"{'errors':>6} {'429':>4}")
+    for name, label, c, s in rows:
+        print(f"{name:<9} {label:<9} {c:>2} {s['n']:>5} {s['rps']:>7.1f} {s['p50']:>8.1f} "
+              f"{s['p99']:>8.1f} {s['errors']:>6} {s['busy']:>4}")
+    print("Idle memory (PSS, MiB): the server and all under it; per ready run, the sum of its "
+          "processes' PSS and their private memory (USS)")
+    for label, m in mem.items():
+        print(f"  {label:<9} total {m['total'] / 1024:6.1f}  ready runs {m['runs']}  per run "
+              f"PSS {m['pss'] / 1024:5.1f}  USS {m['uss'] / 1024:5.1f}", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--binary", default=str(ROOT / "build" / "pyexecd"))
@@ -270,12 +336,19 @@ def main():
     ap.add_argument("--requests", type=int, default=20,
                     help="requests per client at concurrency 1 (a quarter of it at 8)")
     ap.add_argument("--saturation-seconds", type=float, default=8)
+    ap.add_argument("--loop-requests", type=int, default=60,
+                    help="requests of the one client with no pause, on the defaults")
+    ap.add_argument("--only-defaults", action="store_true",
+                    help="print the defaults table (zygote, one-shot, cold) alone")
     args = ap.parse_args()
     if not os.access(args.binary, os.X_OK):
         raise SystemExit(f"{args.binary} not found: run `make` first")
     t0 = time.monotonic()
     print(f"pyexec bench: {os.cpu_count()} CPUs, think time {args.think}s, "
           f"{args.requests} requests per client at c=1", flush=True)
+    print_defaults(args.binary, args.loop_requests, args.saturation_seconds)
+    if args.only_defaults:
+        return 0
     rows, health = latency_table(args.binary, args.think, args.requests)
     print("\nLatency (ms, end to end on 127.0.0.1; closed loop with think time)")
     print(f"{'workload':<9} {'mode':<6} {'c':>2} {'n':>4} {'req/s':>7} {'p50':>8} {'p90':>8} "
@@ -285,10 +358,10 @@ def main():
         p50[(name, mode, c)] = s["p50"]
         print(f"{name:<9} {mode:<6} {c:>2} {s['n']:>4} {s['rps']:>7.1f} {s['p50']:>8.1f} "
               f"{s['p90']:>8.1f} {s['p99']:>8.1f} {s['errors']:>6} {s['busy']:>4}")
-    print("\nCold/ready p50 at concurrency 1")
+    print("\nCold / one-shot ready / zygote p50 at concurrency 1")
     for name in WORKLOADS:
-        cold, ready = p50[(name, "cold", 1)], p50[(name, "ready", 1)]
-        print(f"  {name:<9} {cold:8.1f} / {ready:6.1f} = {cold / ready if ready else 0:6.1f}x")
+        cold, ready, zyg = (p50[(name, m, 1)] for m in ("cold", "ready", "zygote"))
+        print(f"  {name:<9} {cold:8.1f} / {ready:6.1f} / {zyg:6.1f}")
     print("\nServer before and after each mode's load (after 3 s to settle)")
     for mode, (before, after, extra) in health.items():
         print(f"  {mode:<6} fds {before['fds']}->{after['fds']}  children "
@@ -296,7 +369,8 @@ def main():
               f"RSS {before['rss_kib'] / 1024:.1f}->{after['rss_kib'] / 1024:.1f} MiB")
     print(f"  idle server RSS: {health['cold'][2]['idle_rss_kib'] / 1024:.1f} MiB; one ready "
           f"jail (PSS of nsjail + init + runner): "
-          f"{health['ready'][2].get('jail_pss_kib', 0) / 1024:.1f} MiB")
+          f"{health['ready'][2].get('jail_pss_kib', 0) / 1024:.1f} MiB; one zygote fork (init "
+          f"+ runner): {health['zygote'][2].get('jail_pss_kib', 0) / 1024:.1f} MiB")
     print("\nIsolation tiers: p50 / p90 ms at concurrency 1 (errors)")
     tiers = tier_table(args.binary, args.think, args.requests)
     print(f"{'workload':<9} {'mode':<6} {'full':>20} {'restricted':>20}")

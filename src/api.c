@@ -552,6 +552,11 @@ int api_outcome_response(const struct run_result *run, const struct job *job,
 		return api_error_response(r, 503, "shutting_down",
 		                          "The server is shutting down and stopped this run; send "
 		                          "it again.");
+	if (run->end == RUN_LOST)
+		return api_error_response(
+		    r, 500, "internal",
+		    "The sandbox failed during the run; this is a problem with "
+		    "the server, not your script: send it again.");
 	if (run->end == RUN_TIMEOUT) {
 		char msg[256];
 		snprintf(msg, sizeof(msg),

@@ -198,6 +198,44 @@ int cgroup_run_create(const struct cgroup *cg, const char *name)
 	return 0;
 }
 
+static int set_in(const char *group, const char *name, const char *file, unsigned long long v)
+{
+	char path[PATH_MAX + 128], text[32];
+
+	snprintf(text, sizeof(text), "%llu", v);
+	if (run_path(group, name, file, path, sizeof(path)) < 0)
+		return -1;
+	return sysfile_write(path, text);
+}
+
+int cgroup_run_adopt(const struct cgroup *cg, const char *name, pid_t pid, unsigned long long mem,
+                     unsigned long procs)
+{
+	char path[PATH_MAX + 128];
+	int rc = 0;
+
+	if (cg->mode == CGROUP_NONE)
+		return 0;
+	if (run_path(cg->mem, name, NULL, path, sizeof(path)) < 0 || make_dir(path) < 0)
+		return -1;
+	if (cg->mode == CGROUP_V2) {
+		rc |= set_in(cg->mem, name, "memory.max", mem);
+		/* Absent where the kernel keeps no swap accounting: nothing to cap then. */
+		if (set_in(cg->mem, name, "memory.swap.max", 0) < 0 && errno != ENOENT)
+			rc = -1;
+		rc |= set_in(cg->mem, name, "pids.max", procs);
+		return rc | set_in(cg->mem, name, "cgroup.procs", (unsigned long long)pid);
+	}
+	if (run_path(cg->pids, name, NULL, path, sizeof(path)) < 0 || make_dir(path) < 0)
+		return -1;
+	rc |= set_in(cg->mem, name, "memory.limit_in_bytes", mem);
+	if (cg->memsw)
+		rc |= set_in(cg->mem, name, "memory.memsw.limit_in_bytes", mem);
+	rc |= set_in(cg->pids, name, "pids.max", procs);
+	rc |= set_in(cg->mem, name, "cgroup.procs", (unsigned long long)pid);
+	return rc | set_in(cg->pids, name, "cgroup.procs", (unsigned long long)pid);
+}
+
 bool cgroup_run_hit_memory(const struct cgroup *cg, const char *name, unsigned long long limit)
 {
 	char path[PATH_MAX + 128], text[1024];

@@ -8,6 +8,7 @@
 #include <limits.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <sys/types.h>
 
 enum cgroup_mode { CGROUP_NONE, CGROUP_V1, CGROUP_V2 };
 
@@ -27,6 +28,10 @@ const char *cgroup_mode_name(const struct cgroup *cg);
 /* A run's own group, named name. Returns -1 when it cannot be made (the run then has only its
  * rlimits; the caller logs it). */
 int cgroup_run_create(const struct cgroup *cg, const char *name);
+/* A run's own group, named name, with the limits set by the server itself, and pid moved into
+ * it (a zygote's run, which nsjail does not start). Returns -1 when any step fails. */
+int cgroup_run_adopt(const struct cgroup *cg, const char *name, pid_t pid, unsigned long long mem,
+                     unsigned long procs);
 /* True when the run's group reached its memory limit (`limit` bytes): v2 counts OOM kills in
  * the group; v1 keeps only the peak usage, which reaches the limit when the kernel had to act. */
 bool cgroup_run_hit_memory(const struct cgroup *cg, const char *name, unsigned long long limit);

@@ -90,6 +90,8 @@ static const struct setting settings[] = {
      "ready jails to keep (0: every run starts cold)"},
     {"preload", "PYEXEC_PRELOAD", STR(preload), "numpy,pandas",
      "modules a ready jail imports ahead of its script (comma-separated)"},
+    {"zygote", "PYEXEC_ZYGOTE", NUM(K_BOOL, zygote), "on",
+     "tier full: fork every run from one warm interpreter (on) or start a jail per run (off)"},
     {"pool-max-age", "PYEXEC_POOL_MAX_AGE", NUM(K_SECONDS, pool_max_age), "300",
      "seconds a ready jail may wait before it is replaced"},
     {"connection-timeout", "PYEXEC_CONNECTION_TIMEOUT", NUM(K_ULONG, connection_timeout), "30",

@@ -44,6 +44,7 @@ struct config {
 	unsigned long queue;              /* requests waiting for a slot before 429 */
 	unsigned long pool;               /* ready jails to keep; 0 turns the pool off */
 	char preload[512];                /* modules a ready jail imports before its script */
+	bool zygote;                      /* tier full: runs are forks of one warm zygote */
 	double pool_max_age;              /* seconds a ready jail may wait before it is replaced */
 	double grace;                     /* seconds in-flight runs get after SIGTERM */
 	unsigned long connection_timeout; /* seconds an idle or stalled connection is kept */

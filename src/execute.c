@@ -11,15 +11,12 @@
 
 /* A ready jail from the pool, else one started now: never a wait longer than a start. busy
  * is set when none could start for want of a free run uid (restricted tier). */
-static struct sandbox *sandbox_get(const struct execute *x, const char *rid, bool *busy)
+static struct sandbox *sandbox_cold(const struct execute *x, const char *rid, bool *busy)
 {
-	struct sandbox *sb = x->pool ? pool_take(x->pool) : NULL;
 	struct run_result failed;
 	struct err e;
+	struct sandbox *sb = jail_start(x->jail, false, &e);
 
-	if (sb)
-		return sb;
-	sb = jail_start(x->jail, false, &e);
 	if (!sb) {
 		*busy = e.status == 503;
 		log_error("request %s: %s", rid, e.message);
@@ -35,6 +32,13 @@ static struct sandbox *sandbox_get(const struct execute *x, const char *rid, boo
 	                   "nsjail", failed.diag),
 	         "jail did not start");
 	return NULL;
+}
+
+static struct sandbox *sandbox_get(const struct execute *x, const char *rid, bool *busy)
+{
+	struct sandbox *sb = x->pool ? pool_take(x->pool) : NULL;
+
+	return sb ? sb : sandbox_cold(x, rid, busy);
 }
 
 long execute_job(const struct execute *x, const struct job *job, int client_fd, struct response *r,
@@ -66,6 +70,14 @@ long execute_job(const struct execute *x, const struct job *job, int client_fd, 
 		run.end = RUN_START_FAILED;
 	} else {
 		sandbox_run(sb, &spec, &run);
+		/* The zygote died under it (and with it its ready forks): once more, in a jail
+		 * started now (a one-shot jail while the zygote restarts). Never outside one. */
+		if (run.end == RUN_LOST && (sb = sandbox_cold(x, rid, &busy)) != NULL) {
+			log_warn("request %s: its zygote died during the run; running it again",
+			         rid);
+			run_result_free(&run);
+			sandbox_run(sb, &spec, &run);
+		}
 	}
 	if (api_outcome_response(&run, job, x->lim, r) < 0)
 		api_error_response(r, 500, "internal", "The server is out of memory; try again.");

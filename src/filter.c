@@ -133,6 +133,109 @@ int filter_build_restricted(struct sock_fprog *out, struct err *e)
 	return rc;
 }
 
+/* The full tier's policy (config/seccomp.kafel's pyexec_full) for libseccomp: what a zygote's
+ * run installs itself, since nsjail's policy there is the zygote's, which allows namespaces. */
+static const char *const denied_full[] = {
+    "ptrace",
+    "process_vm_readv",
+    "process_vm_writev",
+    "kcmp",
+    "pidfd_getfd",
+    "process_madvise",
+    "mount",
+    "umount2",
+    "pivot_root",
+    "chroot",
+    "unshare",
+    "setns",
+    "mount_setattr",
+    "move_mount",
+    "open_tree",
+    "fsopen",
+    "fsconfig",
+    "fsmount",
+    "fspick",
+    "open_by_handle_at",
+    "name_to_handle_at",
+    "bpf",
+    "perf_event_open",
+    "userfaultfd",
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",
+    "keyctl",
+    "add_key",
+    "request_key",
+    "lookup_dcookie",
+    "memfd_secret",
+    "kexec_load",
+    "kexec_file_load",
+    "init_module",
+    "finit_module",
+    "delete_module",
+    "reboot",
+    "swapon",
+    "swapoff",
+    "acct",
+    "quotactl",
+    "quotactl_fd",
+    "settimeofday",
+    "clock_settime",
+    "clock_adjtime",
+    "adjtimex",
+    "syslog",
+    "vhangup",
+    "iopl",
+    "ioperm",
+    "sethostname",
+    "setdomainname",
+    "uselib",
+    "ustat",
+    "sysfs",
+    "nfsservctl",
+    /* Counted against root's quota on the host (config/seccomp.kafel, pyexec_full). */
+    "inotify_init",
+    "inotify_init1",
+    "fanotify_init",
+};
+
+static int add_full_rules(scmp_filter_ctx ctx)
+{
+	int rc = 0;
+
+	for (size_t i = 0; i < sizeof(denied_full) / sizeof(*denied_full); i++) {
+		int nr = seccomp_syscall_resolve_name(denied_full[i]);
+		if (nr != __NR_SCMP_ERROR)
+			rc |= seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EPERM), nr, 0);
+	}
+	for (size_t i = 0; i < sizeof(clone_namespaces) / sizeof(*clone_namespaces); i++)
+		rc |= seccomp_rule_add(
+		    ctx, SCMP_ACT_ERRNO(EPERM), SCMP_SYS(clone), 1,
+		    SCMP_A0(SCMP_CMP_MASKED_EQ, clone_namespaces[i], clone_namespaces[i]));
+	/* personality: the 0xffffffff query only. Stricter than the kafel policy, which also
+	 * allows setting 0, since libseccomp takes one comparison per argument in a rule. */
+	rc |= seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EPERM), SCMP_SYS(personality), 1,
+	                       SCMP_A0(SCMP_CMP_NE, 0xffffffffULL));
+	rc |= seccomp_rule_add(ctx, SCMP_ACT_ERRNO(ENOSYS), SCMP_SYS(clone3), 0);
+	return rc ? -1 : 0;
+}
+
+int filter_build_full(struct sock_fprog *out, struct err *e)
+{
+	scmp_filter_ctx ctx = seccomp_init(SCMP_ACT_ALLOW);
+	int rc = -1;
+
+	memset(out, 0, sizeof(*out));
+	if (ctx && add_full_rules(ctx) == 0 && export(ctx, out) == 0)
+		rc = 0;
+	if (ctx)
+		seccomp_release(ctx);
+	if (rc < 0)
+		err_set(e, 500, "internal",
+		        "cannot build the seccomp filter for the zygote's runs");
+	return rc;
+}
+
 void filter_free(struct sock_fprog *f)
 {
 	free(f->filter);

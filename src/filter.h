@@ -16,6 +16,8 @@
 /* Builds the filter (libseccomp, for this machine's architecture) into out; free it with
  * filter_free. Returns -1 with e filled on failure. */
 int filter_build_restricted(struct sock_fprog *out, struct err *e);
+/* The full tier's policy, for runs forked by the zygote (zygote.h). */
+int filter_build_full(struct sock_fprog *out, struct err *e);
 void filter_free(struct sock_fprog *f);
 
 #endif

@@ -326,6 +326,17 @@ static enum MHD_Result text_response(struct MHD_Connection *conn, const char *me
 	return respond(conn, method, url, rq, &r, no_header, -1);
 }
 
+/* Tier full: whether runs are forked from the zygote, whether it is up, its restarts. */
+static void zygote_details(struct http *h, json_t *o)
+{
+	unsigned long restarts = 0;
+	bool up = false, on = jail_zygote_stats(h->srv.tier.jail, &up, &restarts);
+
+	json_object_set_new(o, "zygote",
+	                    on ? json_pack("{s:b,s:I}", "up", up, "restarts", (json_int_t)restarts)
+	                       : json_null());
+}
+
 /* Anyone may ask: status, tier and readiness only. The host's kernel and what it allows are in
  * the start-up log, and here only when the operator set PYEXEC_HEALTH_DETAILS. */
 static enum MHD_Result healthz(struct http *h, struct MHD_Connection *conn, const char *method,
@@ -357,6 +368,7 @@ static enum MHD_Result healthz(struct http *h, struct MHD_Connection *conn, cons
 		json_object_set(o, "isolation", h->srv.tier.report);
 		json_object_set_new(o, "limits",
 		                    json_string(tier_limits_name(&h->srv.tier, &h->srv.cg)));
+		zygote_details(h, o);
 	}
 	body = json_dumps(o, JSON_COMPACT);
 	json_decref(o);
@@ -379,6 +391,11 @@ static enum MHD_Result metrics(struct http *h, struct MHD_Connection *conn, cons
 	if (jail_users_stats(h->srv.tier.jail, &us)) {
 		g.uids_cleaning = us.cleaning;
 		g.uids_quarantined = us.quarantined;
+	}
+	{
+		bool up = false;
+		if (jail_zygote_stats(h->srv.tier.jail, &up, &g.zygote_restarts))
+			g.zygote_up = up;
 	}
 	text = metrics_render(h->srv.metrics, &g);
 	if (!text)

@@ -16,6 +16,7 @@
 #include "log.h"
 #include "runuser.h"
 #include "sysfile.h"
+#include "zygote.h"
 
 #define ARGS_MAX 64
 
@@ -36,6 +37,8 @@ struct jail {
 	struct runusers *users;   /* restricted tier: the runs' uids and directories */
 	struct spawn_user limits; /* restricted tier: the limits, filled in per run */
 	struct sock_fprog filter; /* restricted tier: what nsjail itself runs under */
+	struct args zyg;          /* tier full with PYEXEC_ZYGOTE: the zygote's command */
+	struct zygote *zygote;    /* NULL: every run is a jail of its own */
 };
 
 const char *jail_tier_name(enum jail_tier tier)
@@ -95,7 +98,7 @@ static bool can_renice(void)
 
 /* The policy file defines the policies; the statement that picks the tier's comes last. Comments
  * and indentation are dropped: the text travels on nsjail's command line. */
-static char *seccomp_text(const char *path, enum jail_tier tier)
+static char *seccomp_text(const char *path, const char *policy)
 {
 	enum { POLICY_MAX = 64 * 1024 };
 	char line[1024], *out = NULL;
@@ -129,7 +132,7 @@ static char *seccomp_text(const char *path, enum jail_tier tier)
 		goto fail;
 	fclose(f);
 	char *text = NULL;
-	if (asprintf(&text, "%sUSE pyexec_%s DEFAULT ALLOW\n", out, jail_tier_name(tier)) < 0)
+	if (asprintf(&text, "%sUSE pyexec_%s DEFAULT ALLOW\n", out, policy) < 0)
 		text = NULL;
 	free(out);
 	return text;
@@ -235,6 +238,50 @@ static int jail_build(struct args *a, const struct jail *j, const struct config 
 	return rc ? -1 : 0;
 }
 
+/* The zygote: the full tier's jail with the zygote's policy (which lets it make the runs'
+ * namespaces), no time limit, and room for every run's processes; each run takes the per-run
+ * limits itself (runner/zygote.py). */
+static int zygote_build(struct args *a, const struct config *c, const char *py, const char *lib)
+{
+	char runner_dir[PATH_MAX], *policy = seccomp_text(c->seccomp, "zygote");
+	int rc = 0;
+
+	if (!policy)
+		return -1;
+	snprintf(runner_dir, sizeof(runner_dir), "%s", c->runner);
+	rc |= jail_add(a, "%s", c->nsjail);
+	rc |= full_args(a, c, py, lib);
+	rc |= jail_add(a, "--bindmount_ro=%s/zygote.py:/pyexec/zygote.py", dirname(runner_dir));
+	rc |= jail_add(a, "--rlimit_nproc=%lu", c->max_procs * (c->concurrency + c->pool + 4));
+	rc |= jail_add(a, "--rlimit_cpu=inf");
+	/* A run writes its uid maps there before it mounts a read-only /proc of its own. */
+	rc |= jail_add(a, "--proc_rw");
+	rc |= jail_add(a, "--time_limit=0");
+	/* Forks for the pool yield to runs, as one-shot pool jails do: sandbox_run restores the
+	 * run's processes to the normal priority at the hand-over. */
+	if (can_renice())
+		rc |= jail_add(a, "--nice_level=19");
+	rc |= jail_add(a, "--seccomp_string=%s", policy);
+	rc |= jail_add(a, "--pass_fd=%d", ZYGOTE_CTL_FD);
+	rc |= jail_add(a, "--pass_fd=%d", ZYGOTE_FILTER_FD);
+	a->split = a->argc;
+	rc |= jail_add(a, "--");
+	rc |= jail_add(a, "%s", py);
+	rc |= jail_add(a, "-I");
+	rc |= jail_add(a, "-u");
+	rc |= jail_add(a, "/pyexec/zygote.py");
+	rc |= jail_add(a, "%d", ZYGOTE_CTL_FD);
+	rc |= jail_add(a, "%d", ZYGOTE_FILTER_FD);
+	rc |= jail_add(a, "%lu", c->result_max);
+	rc |= jail_add(a, "%s", c->preload);
+	rc |= jail_add(a, "%lu,%lu,%lu,%lu", c->output_files, c->output_bytes, c->path_max,
+	               c->path_depth);
+	rc |= jail_add(a, "%lu,%lu", c->max_procs, cpu_backstop(c));
+	rc |= jail_add(a, "%lu,%lu", c->tmp_mb, c->tmp_files);
+	free(policy);
+	return rc ? -1 : 0;
+}
+
 static void add_limit(struct spawn_user *u, int resource, unsigned long long value, bool optional)
 {
 	u->limits[u->nlimits].resource = resource;
@@ -259,6 +306,8 @@ static void restricted_limits(struct spawn_user *u, const struct config *c)
 	add_limit(u, RLIMIT_MSGQUEUE, 0, true);
 }
 
+static void zygote_start(struct jail *j, const struct config *c, const char *py, const char *lib);
+
 struct jail *jail_new(const struct config *c, const struct cgroup *cg, struct supervisor *sup,
                       enum jail_tier tier, struct err *e)
 {
@@ -281,7 +330,7 @@ struct jail *jail_new(const struct config *c, const struct cgroup *cg, struct su
 		        c->python);
 		return NULL;
 	}
-	policy = seccomp_text(c->seccomp, tier);
+	policy = seccomp_text(c->seccomp, jail_tier_name(tier));
 	if (!policy) {
 		err_set(e, 500, "internal", "cannot read the seccomp policy '%s' (PYEXEC_SECCOMP)",
 		        c->seccomp);
@@ -316,6 +365,8 @@ struct jail *jail_new(const struct config *c, const struct cgroup *cg, struct su
 	    jail_build(&j->pool, j, c, py, lib, policy, true) < 0)
 		goto oom;
 	free(policy);
+	if (tier == JAIL_FULL && c->zygote)
+		zygote_start(j, c, py, lib);
 	return j;
 oom:
 	err_set(e, 500, "internal", "out of memory building the jail command");
@@ -343,6 +394,30 @@ static void jail_teardown(void *ctx, const char *tag, uid_t uid, struct proc_end
 	cgroup_run_remove(j->cg, tag);
 }
 
+/* Tier full with PYEXEC_ZYGOTE: starts the zygote. Where it cannot start, runs are one-shot
+ * jails, as with the setting off; the log says why. */
+static void zygote_start(struct jail *j, const struct config *c, const char *py, const char *lib)
+{
+	struct zygote_opts o = {
+	    .sup = j->sup,
+	    .run = {.teardown = jail_teardown, .ctx = j},
+	    .argv = j->zyg.argv,
+	    .cg = j->cg,
+	    .mem_bytes = j->mem_bytes,
+	    .max_procs = c->max_procs,
+	    .start_timeout = c->start_timeout,
+	};
+	struct err e;
+
+	if (zygote_build(&j->zyg, c, py, lib) < 0) {
+		log_error("zygote: cannot build its command; every run starts a jail of its own");
+		return;
+	}
+	j->zygote = zygote_new(&o, &e);
+	if (!j->zygote)
+		log_error("%s; every run starts a jail of its own", e.message);
+}
+
 struct sandbox *jail_start(struct jail *j, bool for_pool, struct err *e)
 {
 	const struct args *a = for_pool ? &j->pool : &j->cold;
@@ -352,6 +427,13 @@ struct sandbox *jail_start(struct jail *j, bool for_pool, struct err *e)
 	int n = 0;
 
 	snprintf(name, sizeof(name), "run-%d-%lu", (int)getpid(), atomic_fetch_add(&j->runs, 1));
+	if (j->zygote) {
+		/* While the zygote restarts, a request gets a one-shot jail; the pool waits. */
+		struct sandbox *sb = zygote_fork(j->zygote, name, e);
+		if (sb || for_pool)
+			return sb;
+		a = &j->cold;
+	}
 	for (int i = 0; i < a->split; i++)
 		argv[n++] = a->argv[i];
 	if (j->tier == JAIL_RESTRICTED) {
@@ -390,6 +472,23 @@ struct sandbox *jail_start(struct jail *j, bool for_pool, struct err *e)
 	return sandbox_start(j->sup, argv, j->tier == JAIL_RESTRICTED ? &user : NULL, &o, e);
 }
 
+bool jail_zygote_stats(struct jail *j, bool *up, unsigned long *restarts)
+{
+	if (!j || !j->zygote)
+		return false;
+	*up = zygote_up(j->zygote);
+	*restarts = zygote_restarts(j->zygote);
+	return true;
+}
+
+void jail_stop(struct jail *j)
+{
+	if (!j)
+		return;
+	zygote_free(j->zygote);
+	j->zygote = NULL;
+}
+
 bool jail_users_stats(struct jail *j, struct runusers_stats *s)
 {
 	if (!j || j->tier != JAIL_RESTRICTED)
@@ -406,6 +505,9 @@ void jail_free(struct jail *j)
 		free(j->cold.argv[i]);
 	for (int i = 0; i < j->pool.argc; i++)
 		free(j->pool.argv[i]);
+	jail_stop(j);
+	for (int i = 0; i < j->zyg.argc; i++)
+		free(j->zyg.argv[i]);
 	runusers_free(j->users);
 	filter_free(&j->filter);
 	free(j);

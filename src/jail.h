@@ -42,6 +42,12 @@ const char *jail_tier_name(enum jail_tier tier);
 struct sandbox *jail_start(struct jail *j, bool for_pool, struct err *e);
 /* Restricted tier: how its run uids stand (runuser.h); false in tier full. */
 bool jail_users_stats(struct jail *j, struct runusers_stats *s);
+/* Tier full with the zygote: whether it is up and how often it was restarted; false when
+ * runs are one-shot jails. */
+bool jail_zygote_stats(struct jail *j, bool *up, unsigned long *restarts);
+/* Ends what the jail runs itself (the zygote, and with it its runs); before supervisor_stop. */
+void jail_stop(struct jail *j);
+/* Calls jail_stop; the supervisor must still run when the jail has a zygote. */
 void jail_free(struct jail *j);
 
 #endif

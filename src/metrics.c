@@ -157,6 +157,13 @@ char *metrics_render(struct metrics *m, const struct metrics_gauges *g)
 	gauge(f, "pyexec_run_uids_quarantined",
 	      "Restricted tier: run uids never used again because their clean-up failed.",
 	      g->uids_quarantined);
+	gauge(f, "pyexec_zygote_up",
+	      "Tier full: 1 while the zygote that runs are forked from is up.", g->zygote_up);
+	fprintf(f,
+	        "# HELP pyexec_zygote_restarts_total Times the zygote died and was started "
+	        "again.\n# TYPE pyexec_zygote_restarts_total counter\n"
+	        "pyexec_zygote_restarts_total %lu\n",
+	        g->zygote_restarts);
 	if (fclose(f) != 0) {
 		free(text);
 		return NULL;

@@ -17,6 +17,8 @@ void metrics_jail_event(struct metrics *m, const char *event);
 struct metrics_gauges {
 	unsigned queued, running, ready, pool_size, slots;
 	unsigned uids_cleaning, uids_quarantined; /* restricted tier's run uids */
+	unsigned zygote_up;                       /* tier full's zygote: 1 when it is up */
+	unsigned long zygote_restarts;            /* and how often it was started again */
 };
 
 /* The exposition text, malloc'd (caller frees), or NULL when out of memory. */

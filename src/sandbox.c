@@ -36,6 +36,9 @@ struct sandbox {
 	pid_t procs[4]; /* nsjail, the jail's init, the runner: known once ready */
 	unsigned nprocs;
 	char dir[PATH_MAX]; /* restricted tier: the run's working directory */
+	/* A zygote's run: readable once the zygote is gone, whose end ends the run too (then
+	 * lost, not failed). -1 for nsjail's own jails. */
+	int holder;
 };
 
 /* State of one run after the hand-over. */
@@ -69,24 +72,28 @@ static int pipe_pair(int p[2], int parent_end)
 static void sandbox_free(struct sandbox *sb)
 {
 	close_fd(&sb->in), close_fd(&sb->out), close_fd(&sb->err), close_fd(&sb->chan);
-	close_fd(&sb->status);
+	close_fd(&sb->status), close_fd(&sb->holder);
 	buf_free(&sb->ready);
 	buf_free(&sb->diag);
 	free(sb);
 }
 
-struct sandbox *sandbox_start(struct supervisor *sup, char *const *argv,
-                              const struct spawn_user *user, const struct proc_opts *o,
-                              struct err *e)
+static bool fd_readable(int fd, int ms)
+{
+	struct pollfd p = {.fd = fd, .events = POLLIN};
+
+	return fd >= 0 && poll(&p, 1, ms) > 0;
+}
+
+struct sandbox *sandbox_prepare(int child[SPAWN_FDS], struct err *e)
 {
 	/* The child's descriptors 0-4: stdin, stdout, stderr, result channel, init status. */
 	const int parent_end[SPAWN_FDS] = {1, 0, 0, 0, 0};
-	int p[SPAWN_FDS][2], child[SPAWN_FDS], *mine[SPAWN_FDS];
+	int p[SPAWN_FDS][2], *mine[SPAWN_FDS];
 	struct sandbox *sb = calloc(1, sizeof(*sb));
 	int i;
 
 	if (!sb) {
-		sup_abandon(o);
 		err_set(e, 500, "internal", "out of memory");
 		return NULL;
 	}
@@ -95,24 +102,54 @@ struct sandbox *sandbox_start(struct supervisor *sup, char *const *argv,
 	buf_init(&sb->ready, strlen(READY_LINE));
 	buf_init(&sb->diag, DIAG_MAX);
 	sb->started_at = clock_now();
+	sb->holder = -1;
+	for (i = 0; i < SPAWN_FDS; i++)
+		p[i][0] = p[i][1] = *mine[i] = child[i] = -1;
+	for (i = 0; i < SPAWN_FDS && pipe_pair(p[i], parent_end[i]) == 0; i++)
+		;
+	for (int k = 0; k < SPAWN_FDS; k++) {
+		*mine[k] = p[k][parent_end[k]];
+		child[k] = p[k][!parent_end[k]];
+	}
+	if (i < SPAWN_FDS) {
+		err_set(e, 500, "internal", "cannot create pipes: %s", strerror(errno));
+		for (int k = 0; k < SPAWN_FDS; k++)
+			close_fd(&child[k]);
+		sandbox_free(sb);
+		return NULL;
+	}
+	return sb;
+}
+
+void sandbox_adopt(struct sandbox *sb, struct proc *proc, int holder)
+{
+	sb->proc = proc;
+	sb->holder = holder;
+}
+
+void sandbox_discard(struct sandbox *sb)
+{
+	sandbox_free(sb);
+}
+
+struct sandbox *sandbox_start(struct supervisor *sup, char *const *argv,
+                              const struct spawn_user *user, const struct proc_opts *o,
+                              struct err *e)
+{
+	int child[SPAWN_FDS];
+	struct sandbox *sb = sandbox_prepare(child, e);
+
+	if (!sb) {
+		sup_abandon(o);
+		return NULL;
+	}
 	sb->uid = user ? user->uid : 0;
 	if (user)
 		snprintf(sb->dir, sizeof(sb->dir), "%s", user->dir);
-	for (i = 0; i < SPAWN_FDS; i++)
-		p[i][0] = p[i][1] = *mine[i] = -1;
-	for (i = 0; i < SPAWN_FDS && pipe_pair(p[i], parent_end[i]) == 0; i++)
-		child[i] = p[i][!parent_end[i]];
-	if (i < SPAWN_FDS) {
-		err_set(e, 500, "internal", "cannot create pipes: %s", strerror(errno));
-		sup_abandon(o);
-	} else {
-		sb->proc = sup_spawn(sup, argv, child, user, o, e);
-	}
+	sb->proc = sup_spawn(sup, argv, child, user, o, e);
 	/* The child's ends are the child's alone now. */
-	for (i = 0; i < SPAWN_FDS; i++) {
-		close_fd(&p[i][!parent_end[i]]);
-		*mine[i] = p[i][parent_end[i]];
-	}
+	for (int i = 0; i < SPAWN_FDS; i++)
+		close_fd(&child[i]);
 	if (!sb->proc) {
 		sandbox_free(sb);
 		return NULL;
@@ -186,7 +223,7 @@ bool sandbox_alive(struct sandbox *sb)
 {
 	struct pollfd p = {.fd = sb->chan, .events = POLLIN};
 
-	if (proc_exited(sb->proc))
+	if (proc_exited(sb->proc) || fd_readable(sb->holder, 0))
 		return false;
 	if (poll(&p, 1, 0) > 0 && sandbox_check(sb) < 0)
 		return false;
@@ -342,7 +379,8 @@ static void sandbox_end(struct sandbox *sb, struct run_result *r, bool kill)
 	size_t n;
 
 	proc_end(sb->proc, kill, REAP_SECONDS, &end);
-	r->exit_code = end.status;
+	/* A zygote's run is no child of ours: without the init's report it was killed. */
+	r->exit_code = end.status < 0 ? 128 + SIGKILL : end.status;
 	r->memory_hit = end.memory_hit;
 	n = sb->diag.len < sizeof(r->diag) - 1 ? sb->diag.len : sizeof(r->diag) - 1;
 	if (n)
@@ -415,8 +453,13 @@ void sandbox_run(struct sandbox *sb, const struct run_spec *s, struct run_result
 		sandbox_free(sb);
 		return;
 	}
+	/* No report and not killed by us: a zygote's end shows in its pidfd a moment after its
+	 * runs' ends (its nsjail goes last). */
+	bool lost = io.init_status < 0 && !io.killed && fd_readable(sb->holder, 500);
 	/* Else the init may linger after closing its pipes. */
 	sandbox_end(sb, r, !clean);
+	if (lost)
+		r->end = RUN_LOST;
 	/* The init saw how the script's process ended; nsjail only how the init did. */
 	if (io.init_status >= 0 && !io.killed)
 		r->exit_code = io.init_status;

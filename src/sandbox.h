@@ -17,6 +17,7 @@ enum run_end {
 	RUN_TIMEOUT,      /* the server killed it at the deadline */
 	RUN_START_FAILED, /* it never became ready (could not start, or too slow) */
 	RUN_CANCELLED,    /* the client went away or the server is stopping */
+	RUN_LOST,         /* the zygote the run was forked from died during it */
 };
 
 struct run_result;
@@ -54,6 +55,16 @@ struct sandbox;
 struct sandbox *sandbox_start(struct supervisor *sup, char *const *argv,
                               const struct spawn_user *user, const struct proc_opts *o,
                               struct err *e);
+/* A sandbox whose process another starts (a zygote's run, zygote.h): the pipes are made and
+ * child gets the process's ends of them, which the caller hands over and closes. NULL with e
+ * filled. Until sandbox_adopt, only sandbox_discard may be called on it. */
+struct sandbox *sandbox_prepare(int child[SPAWN_FDS], struct err *e);
+/* Gives a prepared sandbox its process, which the supervisor took with sup_adopt, and holder:
+ * -1 or a descriptor (owned from now on) that turns readable when the process the run depends
+ * on (its zygote) is gone; the run then counts as lost, not as failed. */
+void sandbox_adopt(struct sandbox *sb, struct proc *proc, int holder);
+/* Frees a prepared sandbox that was never given a process. */
+void sandbox_discard(struct sandbox *sb);
 /* Reads what the jail sent before the hand-over. Returns 1 once the runner said it is ready,
  * 0 while it is still starting, -1 when it died or misbehaved (then destroy it). */
 int sandbox_check(struct sandbox *sb);

@@ -67,10 +67,11 @@ void server_stop_runs(struct server *s)
 
 void server_free(struct server *s)
 {
-	/* The pool's jails end first, then whatever the supervisor still ends and tears down
-	 * (its teardowns use the jail), and only then the jail. */
+	/* The pool's jails end first, then the zygote, then whatever the supervisor still ends and
+	 * tears down (its teardowns use the jail), and only then the jail. */
 	if (s->pool)
 		pool_free(s->pool);
+	jail_stop(s->tier.jail);
 	supervisor_stop(s->sup);
 	tier_free(&s->tier);
 	admit_free(s->admit);

@@ -145,6 +145,11 @@ pid_t proc_pid(const struct proc *p)
 	return p->pid;
 }
 
+int proc_fd(const struct proc *p)
+{
+	return p->pidfd;
+}
+
 bool proc_exited(struct proc *p)
 {
 	struct pollfd pfd = {.fd = p->pidfd, .events = POLLIN};

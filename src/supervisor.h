@@ -52,6 +52,9 @@ struct proc *sup_adopt(struct supervisor *s, pid_t pid, int pidfd, const struct 
 void sup_abandon(const struct proc_opts *o);
 
 pid_t proc_pid(const struct proc *p);
+/* A descriptor that turns readable once the process has exited (its pidfd, the supervisor's:
+ * poll it, never close it); -1 on a kernel without pidfds. */
+int proc_fd(const struct proc *p);
 /* True once the process has exited (it is not reaped here). */
 bool proc_exited(struct proc *p);
 /* SIGKILL, and with a uid every process of that uid (returns once none is left). */

@@ -75,7 +75,10 @@ def test_nsjail_loses_its_exec_bit(server_factory, open_tmp_path):
     tmp_path = open_tmp_path
     copy = tmp_path / "nsjail"
     shutil.copy(nsjail_path(), copy)
-    srv = server_factory(fresh=True, PYEXEC_NSJAIL=str(copy), PYEXEC_POOL="0")
+    # One-shot jails: a zygote's runs are forks, which need no exec of nsjail (the zygote's
+    # restart does; test_zygote.py).
+    srv = server_factory(fresh=True, PYEXEC_NSJAIL=str(copy), PYEXEC_POOL="0",
+                         PYEXEC_ZYGOTE="off")
     expect_result(srv.execute(OK), 42)
     os.chmod(copy, 0o644)
     try:
@@ -141,7 +144,8 @@ def _is_running_script(pid):
             wchan = f.read()
     except OSError:
         return False
-    return "pipe_read" not in wchan and "do_wait" not in wchan
+    # Not a ready runner waiting for its script, nor an init relaying (select) or reaping.
+    return not any(w in wchan for w in ("pipe_read", "do_wait", "select", "poll"))
 
 
 def test_slow_client_is_cut_off(server_factory):
@@ -162,8 +166,15 @@ def test_slow_client_is_cut_off(server_factory):
     check_healthy(srv)
 
 
+def wait_pool_full(srv, size=2, seconds=20.0):
+    deadline = time.monotonic() + seconds
+    while srv.get("/healthz").json()["poolReady"] < size and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
 def test_body_that_stops_half_way(server_factory):
     srv = server_factory(fresh=True, PYEXEC_CONNECTION_TIMEOUT="2")
+    wait_pool_full(srv)  # the ready jails' descriptors are all open before the count
     fds_before = len(os.listdir(f"/proc/{srv.pid}/fd"))
     sock = socket.create_connection(("127.0.0.1", srv.port))
     sock.sendall(b"POST /execute HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"

@@ -77,8 +77,17 @@ def jail_runner_pids(srv):
     for pid in parents:
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if b"runner.py" not in f.read():
-                    continue
+                cmd = f.read()
+            if os.path.basename(cmd.split(b"\0")[0]) == b"nsjail":
+                continue  # its command line names the runner too
+            # A zygote's run carries the zygote's command line; the zygote itself is
+            # nsjail's child, a run never is.
+            if b"zygote.py" in cmd:
+                with open(f"/proc/{parents.get(pid, 0)}/cmdline", "rb") as f:
+                    if b"nsjail" in f.read():
+                        continue
+            elif b"runner.py" not in cmd:
+                continue
         except OSError:
             continue
         p = pid

@@ -1,6 +1,7 @@
 /* Unit tests for the supervisor with real processes: children and, as a warm interpreter in a
  * jail will hand it, processes that are not the server's children. */
 #include <fcntl.h>
+#include <poll.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -100,8 +101,12 @@ static void sup_kills_and_tears_down_a_process_that_is_not_its_child(void **stat
 	assert_non_null(p);
 	assert_int_equal(proc_pid(p), pid);
 	assert_false(proc_exited(p));
+	/* What the zygote's keeper polls: readable once the process is gone, not before. */
+	assert_true(proc_fd(p) >= 0);
+	assert_int_equal(poll(&(struct pollfd){.fd = proc_fd(p), .events = POLLIN}, 1, 0), 0);
 	proc_kill(p);
 	assert_true(proc_wait(p, 5));
+	assert_int_equal(poll(&(struct pollfd){.fd = proc_fd(p), .events = POLLIN}, 1, 0), 1);
 	proc_end(p, false, 5, &end);
 	assert_int_equal(end.status, -1); /* not ours to reap: its status is unknown */
 	assert_int_equal(t.calls, 1);

@@ -1,0 +1,298 @@
+"""Tier full's zygote: every run is a fork of one warm interpreter (src/zygote.h), and none may
+reach another, the zygote, or what a later run sees.
+
+Each test asserts first that the server it uses forks its runs from the zygote, so none passes
+on one-shot jails by accident."""
+
+import concurrent.futures
+import os
+import signal
+import time
+
+import pytest
+
+from pyexec_testlib import local_tier
+
+pytestmark = pytest.mark.skipif(
+    local_tier() == "restricted", reason="the restricted tier has no zygote: one-shot jails")
+
+
+@pytest.fixture(scope="module")
+def zserver(server_factory):
+    srv = server_factory(PYEXEC_HEALTH_DETAILS="on")
+    assert zygote_state(srv)["up"], zygote_state(srv)
+    return srv
+
+
+def expect_result(resp):
+    assert resp.status == 200, resp
+    return resp.json()["result"]
+
+
+def zygote_state(srv):
+    resp = srv.get("/healthz")
+    assert resp.status == 200, resp
+    return resp.json()["zygote"]
+
+
+def zygote_pids(srv):
+    """srv's zygote (the interpreter its nsjail started), seen from the host."""
+    parents, cmds = {}, {}
+    for name in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                parents[int(name)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                cmds[int(name)] = f.read()
+        except (OSError, ValueError):
+            continue
+    return [pid for pid, cmd in cmds.items()
+            if b"zygote.py" in cmd and b"nsjail" in cmds.get(parents[pid], b"")
+            and parents.get(parents[pid]) == srv.pid]
+
+
+SEE = """
+import os, signal, socket, time
+def main():
+    me = os.environ.get("X", "") or open("/proc/sys/kernel/random/uuid").read().strip()
+    open(f"/tmp/mine-{me}", "w").write("x")
+    open(f"/dev/shm/mine-{me}", "w").write("x")
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(b"\\0pyexec-zygote-test-" + me.encode())
+    s.listen()
+    time.sleep(2.5)  # the other run is alive meanwhile
+    reached = []
+    for pid in range(1, 4096):
+        if pid == os.getpid():
+            continue
+        try:
+            os.kill(pid, 0)
+            reached.append(pid)
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            reached.append(pid)
+    others = []
+    for name in ("a", "b"):
+        c = socket.socket(socket.AF_UNIX)
+        try:
+            c.connect(b"\\0pyexec-zygote-test-" + name.encode())
+            others.append(name)
+        except OSError:
+            pass
+    return {"me": me, "tmp": sorted(os.listdir("/tmp")), "shm": sorted(os.listdir("/dev/shm")),
+            "procs": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),
+            "signalled": reached, "sockets": others}
+"""
+
+
+def test_concurrent_runs_see_nothing_of_each_other(zserver):
+    scripts = {name: SEE.replace('os.environ.get("X", "")', repr(name)) for name in "ab"}
+    with concurrent.futures.ThreadPoolExecutor(2) as ex:
+        futs = {name: ex.submit(zserver.execute, s, 20) for name, s in scripts.items()}
+        got = {name: expect_result(f.result()) for name, f in futs.items()}
+    for name, r in got.items():
+        assert r["tmp"] == [f"mine-{name}"], r
+        assert r["shm"] == [f"mine-{name}"], r
+        # Its own PID 1 (the init) and itself: no other run, no zygote, no host process.
+        assert r["procs"] == [1, 2], r
+        assert r["signalled"] == [1], r
+        assert r["sockets"] == [name], r
+
+
+HARM = {
+    "kills its parent": "import os\ndef main():\n    os.kill(os.getppid(), 9)\n    return 1\n",
+    "kills -1": "import os\ndef main():\n    os.kill(-1, 9)\n    return 1\n",
+    "kills PID 1": "import os\ndef main():\n    os.kill(1, 9)\n    return 1\n",
+    "fork-bombs": "import os\ndef main():\n    n = 0\n    for _ in range(200):\n"
+                  "        try:\n            if os.fork() == 0:\n                import time\n"
+                  "                time.sleep(30)\n                os._exit(0)\n"
+                  "            n += 1\n        except OSError:\n            break\n"
+                  "    return n\n",
+    "exhausts memory": "def main():\n    x = []\n    while True:\n"
+                       "        x.append(bytearray(16 << 20))\n",
+    "fills /tmp": "def main():\n    i = 0\n    try:\n        while True:\n"
+                  "            open(f'/tmp/f{i}', 'wb').write(b'x' * (1 << 20))\n"
+                  "            i += 1\n    except OSError as e:\n        return [i, e.errno]\n",
+    "kills every pid it can name": "import os\ndef main():\n    for p in range(1, 65536):\n"
+                                   "        try:\n            os.kill(p, 9)\n"
+                                   "        except OSError:\n            pass\n    return 1\n",
+}
+
+CHECK_NEXT = ("import os\ndef main():\n"
+              "    return [sorted(os.listdir('/tmp')), sorted(int(p) for p in os.listdir('/proc')"
+              " if p.isdigit())]\n")
+
+
+@pytest.mark.parametrize("what", sorted(HARM))
+def test_a_run_harms_neither_the_zygote_nor_the_next(zserver, what):
+    before = zygote_state(zserver)
+    zpids = zygote_pids(zserver)
+    assert zpids, "found no zygote"
+    resp = zserver.execute(HARM[what], timeout=10)
+    assert resp.status in (200, 422), resp
+    assert expect_result(zserver.execute(CHECK_NEXT)) == [[], [1, 2]]
+    after = zygote_state(zserver)
+    assert after == before and after["up"], (before, after)
+    assert zygote_pids(zserver) == zpids
+
+
+def test_zygote_killed_from_outside_is_replaced(server_factory):
+    srv = server_factory(fresh=True, PYEXEC_HEALTH_DETAILS="on")
+    assert zygote_state(srv) == {"up": True, "restarts": 0}
+    victims = zygote_pids(srv)
+    assert len(victims) == 1, victims
+    os.kill(victims[0], signal.SIGKILL)
+    # The next request succeeds at once (a one-shot jail while the zygote restarts, or the
+    # new zygote), and the zygote comes back.
+    assert expect_result(srv.execute("def main():\n    return 7\n")) == 7
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and zygote_state(srv) != {"up": True, "restarts": 1}:
+        time.sleep(0.2)
+    assert zygote_state(srv) == {"up": True, "restarts": 1}
+    assert zygote_pids(srv) and zygote_pids(srv) != victims
+    assert "pyexec_zygote_restarts_total 1" in srv.get("/metrics").body.decode()
+    assert expect_result(srv.execute("def main():\n    return 8\n")) == 8
+
+
+def test_zygote_killed_mid_run_runs_it_again_in_a_jail(server_factory):
+    srv = server_factory(fresh=True, PYEXEC_HEALTH_DETAILS="on", PYEXEC_POOL="1")
+    script = ("import os, time\ndef main():\n    print('started', flush=True)\n"
+              "    time.sleep(3)\n    return 5\n")
+    with concurrent.futures.ThreadPoolExecutor(1) as ex:
+        fut = ex.submit(srv.execute, script, 30)
+        time.sleep(1.5)
+        victims = zygote_pids(srv)
+        assert victims
+        for pid in victims:
+            os.kill(pid, signal.SIGKILL)
+        resp = fut.result()
+    # Once, in a jail started after the zygote's death: the answer is that run's alone.
+    assert expect_result(resp) == 5
+    assert resp.json()["stdout"] == "started\n"
+    assert "running it again" in srv.log_tail(200)
+
+
+def parent_of(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+def test_run_whose_zygote_died_is_run_again_however_late_its_nsjail_exits(server_factory):
+    # The run is lost when the zygote itself is gone, not only once its nsjail has exited: a
+    # stopped nsjail stands for one the loaded host lets exit late (it was a 422 "killed").
+    srv = server_factory(fresh=True, PYEXEC_HEALTH_DETAILS="on", PYEXEC_POOL="0")
+    script = ("import time\ndef main():\n    print('started', flush=True)\n"
+              "    time.sleep(3)\n    return 6\n")
+    victims = zygote_pids(srv)
+    assert len(victims) == 1, victims
+    nsjail = parent_of(victims[0])
+    with concurrent.futures.ThreadPoolExecutor(1) as ex:
+        fut = ex.submit(srv.execute, script, 30)
+        time.sleep(1.5)
+        os.kill(nsjail, signal.SIGSTOP)
+        try:
+            os.kill(victims[0], signal.SIGKILL)
+            resp = fut.result()
+        finally:
+            try:
+                os.kill(nsjail, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+    assert expect_result(resp) == 6
+    assert resp.json()["stdout"] == "started\n"
+    assert "running it again" in srv.log_tail(200)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and zygote_state(srv) != {"up": True, "restarts": 1}:
+        time.sleep(0.2)
+    assert zygote_state(srv) == {"up": True, "restarts": 1}
+    assert expect_result(srv.execute("def main():\n    return 8\n")) == 8
+
+
+RANDOM = """
+import os, random, uuid, tempfile, numpy as np
+def main():
+    return [random.random(), float(np.random.random()), str(uuid.uuid4()),
+            next(tempfile._get_candidate_names()), os.urandom(8).hex(),
+            tempfile.mkstemp()[1], random.getrandbits(64)]
+"""
+
+
+def test_randomness_differs_across_runs(zserver):
+    runs = [expect_result(zserver.execute(RANDOM)) for _ in range(4)]
+    for i in range(len(runs[0])):
+        values = [r[i] for r in runs]
+        assert len(set(values)) == len(values), (i, values)
+
+
+CHANGE = """
+import builtins, json, os, sys
+import pandas as pd
+def main():
+    json.pyexec_mark = 1
+    builtins.pyexec_mark = 1
+    pd.set_option("display.max_rows", 3)
+    sys.modules["pyexec_mark"] = sys
+    os.environ["PYEXEC_MARK"] = "1"
+    os.putenv("PYEXEC_MARK2", "1")
+    open("/tmp/pyexec_mark", "w").write("x")
+    open("/dev/shm/pyexec_mark", "w").write("x")
+    sys.path.append("/tmp")
+    return 1
+"""
+
+LOOK = """
+import builtins, json, os, sys
+import pandas as pd
+def main():
+    return [hasattr(json, "pyexec_mark"), hasattr(builtins, "pyexec_mark"),
+            pd.get_option("display.max_rows"), "pyexec_mark" in sys.modules,
+            "PYEXEC_MARK" in os.environ, os.popen("echo $PYEXEC_MARK2").read(),
+            os.listdir("/tmp"), os.listdir("/dev/shm"), "/tmp" in sys.path]
+"""
+
+
+def test_nothing_a_run_changes_reaches_a_later_one(zserver):
+    default_rows = expect_result(zserver.execute(LOOK))[2]
+    assert expect_result(zserver.execute(CHANGE)) == 1
+    for _ in range(3):  # whichever ready fork runs next
+        assert expect_result(zserver.execute(LOOK)) == [
+            False, False, default_rows, False, False, "\n", [], [], False]
+
+
+def test_a_run_is_in_its_own_cgroup_with_the_limits(zserver):
+    details = zserver.get("/healthz").json()
+    if not details["limits"].startswith("cgroup"):
+        pytest.skip("no writable cgroup on this host")
+    # More processes than PYEXEC_MAX_PROCS (32) in all: the pids limit of its cgroup stops
+    # them, and a run's processes together cannot pass PYEXEC_MEMORY_MB.
+    script = ("import os, time\ndef main():\n    n = 0\n    for _ in range(60):\n"
+              "        try:\n            pid = os.fork()\n        except OSError:\n"
+              "            break\n        if pid == 0:\n            time.sleep(5)\n"
+              "            os._exit(0)\n        n += 1\n    return n\n")
+    n = expect_result(zserver.execute(script))
+    assert 25 <= n < 32, n
+
+
+def test_forks_wait_at_low_priority_and_run_at_normal(zserver):
+    script = ("import os\ndef main():\n"
+              "    return [os.getpriority(os.PRIO_PROCESS, 0), os.getpriority(os.PRIO_PROCESS, 1)]\n")
+    assert expect_result(zserver.execute(script)) == [0, 0]
+    zygotes = zygote_pids(zserver)
+    assert zygotes and all(os.getpriority(os.PRIO_PROCESS, p) == 19 for p in zygotes)
+
+
+def test_what_nsjail_and_the_zygote_say_stays_out_of_the_json_log(zserver):
+    import json
+
+    zserver.execute("def main():\n    return 1\n")
+    for line in zserver.log_path.read_text().splitlines():
+        json.loads(line)
+
+
+def test_zygote_off_gives_one_shot_jails(server_factory):
+    srv = server_factory(PYEXEC_HEALTH_DETAILS="on", PYEXEC_ZYGOTE="off")
+    assert srv.get("/healthz").json()["zygote"] is None
+    assert zygote_pids(srv) == []
+    assert expect_result(srv.execute("def main():\n    return 3\n")) == 3
+    assert "pyexec_zygote_up 0" in srv.get("/metrics").body.decode()
