@@ -114,18 +114,10 @@ static int write_filter(int fd, const struct sock_fprog *f)
 static pid_t pidfd_pid(int fd)
 {
 	char path[64], text[1024], *p;
-	ssize_t n;
-	int info;
 
 	snprintf(path, sizeof(path), "/proc/self/fdinfo/%d", fd);
-	info = open(path, O_RDONLY | O_CLOEXEC);
-	if (info < 0)
+	if (fd < 0 || sysfile_read(AT_FDCWD, path, text, sizeof(text)) <= 0)
 		return -1;
-	n = read(info, text, sizeof(text) - 1);
-	close(info);
-	if (n <= 0)
-		return -1;
-	text[n] = '\0';
 	p = strstr(text, "\nPid:");
 	return p ? (pid_t)strtol(p + 5, NULL, 10) : -1;
 }
