@@ -117,20 +117,27 @@ static int export(scmp_filter_ctx ctx, struct sock_fprog *out)
 	return 0;
 }
 
-int filter_build_restricted(struct sock_fprog *out, struct err *e)
+/* One filter from a set of rules; what names the filter in the error. */
+static int build(struct sock_fprog *out, int (*rules)(scmp_filter_ctx), const char *what,
+                 struct err *e)
 {
 	scmp_filter_ctx ctx = seccomp_init(SCMP_ACT_ALLOW);
 	int rc = -1;
 
 	memset(out, 0, sizeof(*out));
-	if (ctx && add_rules(ctx) == 0 && export(ctx, out) == 0)
+	if (ctx && rules(ctx) == 0 && export(ctx, out) == 0)
 		rc = 0;
 	if (ctx)
 		seccomp_release(ctx);
 	if (rc < 0)
-		err_set(e, 500, "internal",
-		        "cannot build the seccomp filter for nsjail (libseccomp)");
+		err_set(e, 500, "internal", "cannot build the seccomp filter for %s (libseccomp)",
+		        what);
 	return rc;
+}
+
+int filter_build_restricted(struct sock_fprog *out, struct err *e)
+{
+	return build(out, add_rules, "nsjail", e);
 }
 
 /* The full tier's policy (config/seccomp.kafel's pyexec_full) for libseccomp: what a zygote's
@@ -222,18 +229,7 @@ static int add_full_rules(scmp_filter_ctx ctx)
 
 int filter_build_full(struct sock_fprog *out, struct err *e)
 {
-	scmp_filter_ctx ctx = seccomp_init(SCMP_ACT_ALLOW);
-	int rc = -1;
-
-	memset(out, 0, sizeof(*out));
-	if (ctx && add_full_rules(ctx) == 0 && export(ctx, out) == 0)
-		rc = 0;
-	if (ctx)
-		seccomp_release(ctx);
-	if (rc < 0)
-		err_set(e, 500, "internal",
-		        "cannot build the seccomp filter for the zygote's runs");
-	return rc;
+	return build(out, add_full_rules, "the zygote's runs", e);
 }
 
 void filter_free(struct sock_fprog *f)
