@@ -401,21 +401,13 @@ def run(result_fd, result_max):
     return b'{"status":"ok"}\n' + encode_result(value, result_max)
 
 
-def not_dumpable():
+def set_dumpable(flag):
+    """PR_SET_DUMPABLE: a process that is not dumpable has its /proc files closed to all but
+    root. The runner never goes on without the state it asked for."""
     try:
         import ctypes
 
-        if ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0) != 0:  # PR_SET_DUMPABLE
-            raise OSError(ctypes.get_errno(), "prctl")
-    except Exception:
-        os._exit(70)  # never run without this protection
-
-
-def dumpable():
-    try:
-        import ctypes
-
-        if ctypes.CDLL(None, use_errno=True).prctl(4, 1, 0, 0, 0) != 0:  # PR_SET_DUMPABLE
+        if ctypes.CDLL(None, use_errno=True).prctl(4, int(flag), 0, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), "prctl")
     except Exception:
         os._exit(70)
@@ -440,14 +432,14 @@ def become_init(status_fd, output_caps, restricted):
     signal.set_wakeup_fd(wake_w)
     # Before the fork: else the script's children could open /proc/<init>/mem in the moment
     # before the init gets to it (the script cannot open /proc/1/fd/* nor /proc/1/mem).
-    not_dumpable()
+    set_dumpable(False)
     child = os.fork()
     if child == 0:
         if not restricted:
             # Inside its pid namespace the script's process may be dumpable, as on a host. In
             # the restricted tier any process of the same uid could open its /proc/<pid>/mem:
             # not dumpable, it is closed to all but root.
-            dumpable()
+            set_dumpable(True)
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         # As a fresh interpreter has it (a zygote's init has the default).
