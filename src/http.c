@@ -379,6 +379,7 @@ static enum MHD_Result metrics(struct http *h, struct MHD_Connection *conn, cons
                                const char *url, struct request *rq)
 {
 	struct metrics_gauges g = {.ready = pool_ready(h->srv.pool),
+	                           .starting = pool_starting(h->srv.pool),
 	                           .pool_size = (unsigned)h->cfg->pool,
 	                           .slots = (unsigned)h->cfg->concurrency};
 	struct MHD_Response *mr;

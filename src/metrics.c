@@ -150,6 +150,7 @@ char *metrics_render(struct metrics *m, const struct metrics_gauges *g)
 	gauge(f, "pyexec_running", "Runs in progress.", g->running);
 	gauge(f, "pyexec_slots", "Execution slots (PYEXEC_CONCURRENCY).", g->slots);
 	gauge(f, "pyexec_pool_ready", "Ready jails waiting for a script.", g->ready);
+	gauge(f, "pyexec_pool_starting", "Jails the pool is starting now.", g->starting);
 	gauge(f, "pyexec_pool_size", "Ready jails the pool keeps (PYEXEC_POOL).", g->pool_size);
 	gauge(f, "pyexec_run_uids_cleaning",
 	      "Restricted tier: run uids whose processes and files are being removed.",

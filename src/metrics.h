@@ -15,7 +15,7 @@ void metrics_jail_start(struct metrics *m, double seconds);
 void metrics_jail_event(struct metrics *m, const char *event);
 
 struct metrics_gauges {
-	unsigned queued, running, ready, pool_size, slots;
+	unsigned queued, running, ready, starting, pool_size, slots;
 	unsigned uids_cleaning, uids_quarantined; /* restricted tier's run uids */
 	unsigned zygote_up;                       /* tier full's zygote: 1 when it is up */
 	unsigned long zygote_restarts;            /* and how often it was started again */

@@ -6,6 +6,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -19,13 +20,20 @@
 struct pool {
 	pthread_mutex_t mu;
 	pthread_t thread;
-	int wake; /* eventfd: a sandbox was taken, or the pool is stopping */
+	int wake; /* eventfd: a sandbox was taken or started, or the pool is stopping */
 	bool stopping;
 	struct jail *jail;
 	unsigned size;
 	double max_age, start_timeout;
 	struct sandbox *sbs[POOL_MAX]; /* NULL: empty slot */
 	bool ready[POOL_MAX];
+	bool starting[POOL_MAX]; /* a filler is starting this slot's sandbox */
+	/* Fillers start sandboxes side by side: a zygote's fork mostly waits (for the fork's
+	 * handshake and the kernel's cgroup move), so one at a time could not keep up with one
+	 * client calling in a loop. */
+	pthread_cond_t need; /* an empty slot, or stopping */
+	pthread_t fillers[POOL_FILLERS_MAX];
+	unsigned nfillers;
 	unsigned n_ready;
 	double backoff, retry_at; /* after failed starts, so a broken sandbox is not a spin */
 	struct metrics *m;
@@ -38,26 +46,75 @@ static void pool_wake(struct pool *p)
 	(void)!write(p->wake, &one, sizeof(one));
 }
 
-/* Called with the lock held; the sandbox is started outside it. */
-static void pool_fill(struct pool *p)
+/* Waits on cv (a monotonic one) for at most `seconds`. */
+static void cond_wait_for(pthread_cond_t *cv, pthread_mutex_t *mu, double seconds)
 {
-	for (unsigned i = 0; i < p->size && !p->stopping; i++) {
+	struct timespec until;
+
+	clock_gettime(CLOCK_MONOTONIC, &until);
+	until.tv_sec += (time_t)seconds;
+	until.tv_nsec += (long)((seconds - floor(seconds)) * 1e9);
+	if (until.tv_nsec >= 1000000000L) {
+		until.tv_sec++;
+		until.tv_nsec -= 1000000000L;
+	}
+	pthread_cond_timedwait(cv, mu, &until);
+}
+
+static int cond_init_monotonic(pthread_cond_t *cv)
+{
+	pthread_condattr_t a;
+	int rc = pthread_condattr_init(&a);
+
+	if (rc == 0)
+		rc = pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+	if (rc == 0)
+		rc = pthread_cond_init(cv, &a);
+	pthread_condattr_destroy(&a);
+	return rc;
+}
+
+/* An empty slot no filler is starting, or -1 (lock held). */
+static int pool_empty_slot(struct pool *p)
+{
+	for (unsigned i = 0; i < p->size; i++)
+		if (!p->sbs[i] && !p->starting[i])
+			return (int)i;
+	return -1;
+}
+
+/* Starts sandboxes into empty slots, outside the lock, until the pool stops. */
+static void *pool_filler(void *arg)
+{
+	struct pool *p = arg;
+
+	pthread_mutex_lock(&p->mu);
+	while (!p->stopping) {
+		int i = pool_empty_slot(p);
+		double now = clock_now();
 		struct sandbox *sb;
 		struct err e;
 
-		if (p->sbs[i] || clock_now() < p->retry_at)
+		if (i < 0 || now < p->retry_at) {
+			cond_wait_for(&p->need, &p->mu, i < 0 ? 1 : p->retry_at - now);
 			continue;
+		}
+		p->starting[i] = true;
 		pthread_mutex_unlock(&p->mu);
 		sb = jail_start(p->jail, true, &e);
 		pthread_mutex_lock(&p->mu);
+		p->starting[i] = false;
 		if (!sb) {
 			log_error("pool: %s", e.message);
 			p->retry_at = clock_now() + 1;
-			return;
+			continue;
 		}
 		p->sbs[i] = sb;
 		p->ready[i] = false;
+		pool_wake(p); /* the pool thread watches it from now on */
 	}
+	pthread_mutex_unlock(&p->mu);
+	return NULL;
 }
 
 static void pool_failed_start(struct pool *p, struct run_result *r)
@@ -133,7 +190,8 @@ static void *pool_main(void *arg)
 		struct sandbox *seen[POOL_MAX] = {0};
 		double wait;
 
-		pool_fill(p);
+		if (pool_empty_slot(p) >= 0)
+			pthread_cond_broadcast(&p->need);
 		wait = pool_expire(p);
 		if (p->retry_at > clock_now())
 			wait = fmin(wait, p->retry_at - clock_now());
@@ -158,12 +216,40 @@ static void *pool_main(void *arg)
 	return NULL;
 }
 
-struct pool *pool_new(struct jail *j, unsigned size, double max_age, double start_timeout,
-                      struct metrics *m, struct err *e)
+/* Stops and joins the threads started so far (lock not held). */
+static void pool_stop_threads(struct pool *p, bool main_started)
+{
+	pthread_mutex_lock(&p->mu);
+	p->stopping = true;
+	pthread_cond_broadcast(&p->need);
+	pool_wake(p);
+	pthread_mutex_unlock(&p->mu);
+	if (main_started)
+		pthread_join(p->thread, NULL);
+	for (unsigned i = 0; i < p->nfillers; i++)
+		pthread_join(p->fillers[i], NULL);
+}
+
+static int pool_start_threads(struct pool *p, unsigned fillers)
+{
+	if (pthread_create(&p->thread, NULL, pool_main, p) != 0)
+		return -1;
+	for (unsigned i = 0; i < fillers && i < p->size; i++) {
+		if (pthread_create(&p->fillers[i], NULL, pool_filler, p) != 0) {
+			pool_stop_threads(p, true);
+			return -1;
+		}
+		p->nfillers++;
+	}
+	return 0;
+}
+
+struct pool *pool_new(struct jail *j, const struct pool_opts *o, struct metrics *m,
+                      struct err *e)
 {
 	struct pool *p;
 
-	if (size > POOL_MAX) {
+	if (o->size > POOL_MAX) {
 		err_set(e, 0, "config", "PYEXEC_POOL must be at most %d", POOL_MAX);
 		return NULL;
 	}
@@ -173,38 +259,47 @@ struct pool *pool_new(struct jail *j, unsigned size, double max_age, double star
 		return NULL;
 	}
 	p->jail = j;
-	p->size = j ? size : 0;
-	p->max_age = max_age;
-	p->start_timeout = start_timeout;
+	p->size = j ? o->size : 0;
+	p->max_age = o->max_age;
+	p->start_timeout = o->start_timeout;
 	p->m = m;
 	pthread_mutex_init(&p->mu, NULL);
 	p->wake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	if (p->wake < 0 || pthread_create(&p->thread, NULL, pool_main, p) != 0) {
+	if (cond_init_monotonic(&p->need) != 0 || p->wake < 0 || pool_start_threads(p, o->fillers ? o->fillers : 1) < 0) {
 		err_set(e, 0, "config", "cannot start the pool: %s", strerror(errno));
 		if (p->wake >= 0)
 			close(p->wake);
+		pthread_cond_destroy(&p->need);
+			pthread_mutex_destroy(&p->mu);
 		free(p);
 		return NULL;
 	}
 	return p;
 }
 
-struct sandbox *pool_take(struct pool *p)
+/* The oldest ready slot (it is the nearest to being retired unused), or -1; lock held. */
+static int pool_oldest_ready(struct pool *p)
 {
-	struct sandbox *sb = NULL;
 	int best = -1;
 
-	pthread_mutex_lock(&p->mu);
-	/* The oldest first: it is the nearest to being retired unused. */
 	for (unsigned i = 0; i < p->size; i++)
 		if (p->sbs[i] && p->ready[i] &&
 		    (best < 0 || sandbox_started_at(p->sbs[i]) < sandbox_started_at(p->sbs[best])))
 			best = (int)i;
-	if (best >= 0) {
+	return best;
+}
+
+struct sandbox *pool_take(struct pool *p)
+{
+	struct sandbox *sb = NULL;
+	int best;
+
+	pthread_mutex_lock(&p->mu);
+	if ((best = pool_oldest_ready(p)) >= 0) {
 		sb = p->sbs[best];
 		p->sbs[best] = NULL;
 		p->n_ready--;
-		pool_wake(p);
+		pthread_cond_signal(&p->need);
 	}
 	pthread_mutex_unlock(&p->mu);
 	/* One that died a moment ago is not handed a script: end it and try the next. */
@@ -227,15 +322,22 @@ unsigned pool_ready(struct pool *p)
 	return n;
 }
 
+unsigned pool_starting(struct pool *p)
+{
+	unsigned n = 0;
+
+	pthread_mutex_lock(&p->mu);
+	for (unsigned i = 0; i < p->size; i++)
+		n += p->starting[i] || (p->sbs[i] && !p->ready[i]);
+	pthread_mutex_unlock(&p->mu);
+	return n;
+}
+
 void pool_free(struct pool *p)
 {
 	if (!p)
 		return;
-	pthread_mutex_lock(&p->mu);
-	p->stopping = true;
-	pool_wake(p);
-	pthread_mutex_unlock(&p->mu);
-	pthread_join(p->thread, NULL);
+	pool_stop_threads(p, true);
 	for (unsigned i = 0; i < p->size; i++) {
 		struct run_result r;
 		if (!p->sbs[i])
@@ -243,6 +345,7 @@ void pool_free(struct pool *p)
 		sandbox_destroy(p->sbs[i], &r);
 	}
 	close(p->wake);
+	pthread_cond_destroy(&p->need);
 	pthread_mutex_destroy(&p->mu);
 	free(p);
 }

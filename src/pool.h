@@ -9,19 +9,30 @@
 
 /* The most ready jails a pool keeps (PYEXEC_POOL). */
 #define POOL_MAX 64
+/* The most sandboxes it starts side by side. */
+#define POOL_FILLERS_MAX 8
 
 struct pool;
 struct metrics;
 struct jail;
 
-/* Starts the refill thread. size 0 (or no jail) gives a pool that is always empty. The jail
+struct pool_opts {
+	unsigned size;       /* ready sandboxes to keep; 0 gives a pool that is always empty */
+	unsigned fillers;    /* started side by side (at most POOL_FILLERS_MAX, at least one) */
+	double max_age;      /* a ready one older than this is replaced */
+	double start_timeout; /* one not ready by then is replaced */
+};
+
+/* Starts the pool's thread and its fillers. No jail gives a pool that is always empty. The jail
  * must outlive the pool. Returns NULL with e filled. */
-struct pool *pool_new(struct jail *j, unsigned size, double max_age, double start_timeout,
-                      struct metrics *m, struct err *e);
+struct pool *pool_new(struct jail *j, const struct pool_opts *o, struct metrics *m,
+                      struct err *e);
 /* A ready sandbox, now owned by the caller, or NULL when none is ready. */
 struct sandbox *pool_take(struct pool *p);
 /* Ready sandboxes right now. */
 unsigned pool_ready(struct pool *p);
+/* Sandboxes being started now (not yet ready). */
+unsigned pool_starting(struct pool *p);
 /* Stops the thread and destroys every sandbox it holds. */
 void pool_free(struct pool *p);
 

@@ -20,6 +20,21 @@ static void limits(struct server *s, const struct config *c)
 	};
 }
 
+/* A zygote's forks start side by side: each mostly waits on the kernel (the fork's handshake, the
+ * cgroup move). One-shot jails start one at a time: each is a whole interpreter's start
+ * competing with the runs for the CPU. */
+static struct pool_opts pool_opts(struct jail *j, const struct config *c)
+{
+	bool up;
+	unsigned long restarts;
+	bool zygote = jail_zygote_stats(j, &up, &restarts);
+
+	return (struct pool_opts){.size = (unsigned)c->pool,
+	                          .fillers = zygote ? 4 : 1,
+	                          .max_age = c->pool_max_age,
+	                          .start_timeout = c->start_timeout};
+}
+
 int server_init(struct server *s, const struct config *c, struct err *e)
 {
 	struct tier_env env = {.cfg = c, .cg = &s->cg, .exec = &s->exec};
@@ -50,8 +65,8 @@ int server_init(struct server *s, const struct config *c, struct err *e)
 	/* Self-checks first, before any pool, so each check starts a jail itself. */
 	tier_choose(&s->tier, &env);
 	s->exec.jail = s->tier.jail;
-	s->pool = pool_new(s->tier.jail, (unsigned)c->pool, c->pool_max_age, c->start_timeout,
-	                   s->metrics, e);
+	struct pool_opts po = pool_opts(s->tier.jail, c);
+	s->pool = pool_new(s->tier.jail, &po, s->metrics, e);
 	if (!s->pool)
 		return -1;
 	s->exec.pool = s->pool;

@@ -301,3 +301,59 @@ def test_zygote_off_gives_one_shot_jails(server_factory):
     assert zygote_pids(srv) == []
     assert expect_result(srv.execute("def main():\n    return 3\n")) == 3
     assert "pyexec_zygote_up 0" in srv.get("/metrics").body.decode()
+
+
+def pool_gauge(srv, name):
+    body = srv.get("/metrics").body.decode()
+    return next(int(line.split()[1]) for line in body.splitlines()
+                if line.startswith(name + " "))
+
+
+def test_the_pool_starts_forks_side_by_side(server_factory):
+    """A fork mostly waits (its handshake, the kernel's cgroup move): the pool starts its empty
+    slots at once instead of one after another. With the zygote stopped, every slot's start
+    waits on it together."""
+    srv = server_factory(fresh=True, PYEXEC_HEALTH_DETAILS="on", PYEXEC_POOL="4")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and srv.get("/healthz").json()["poolReady"] < 4:
+        time.sleep(0.1)
+    zygote = zygote_pids(srv)
+    assert len(zygote) == 1, zygote
+    os.kill(zygote[0], signal.SIGSTOP)
+    try:
+        for i in range(4):  # each takes a ready fork; its slot is started again at once
+            assert expect_result(srv.execute(f"def main():\n    return {i}\n")) == i
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and pool_gauge(srv, "pyexec_pool_starting") < 4:
+            time.sleep(0.05)
+        assert pool_gauge(srv, "pyexec_pool_starting") == 4
+    finally:
+        os.kill(zygote[0], signal.SIGCONT)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and srv.get("/healthz").json()["poolReady"] < 4:
+        time.sleep(0.1)
+    assert srv.get("/healthz").json()["poolReady"] == 4
+    assert pool_gauge(srv, "pyexec_pool_starting") == 0
+    assert zygote_state(srv) == {"up": True, "restarts": 0}
+
+
+def test_runs_share_the_zygotes_scheduling_group(zserver):
+    """A run is a process group of its own but no session: a session would be a scheduling
+    group of its own (autogroup) as well, and then neither the pool's nice 19 nor the SCHED_IDLE
+    of a run's teardown would yield the CPU to a live run."""
+    try:
+        with open("/proc/sys/kernel/sched_autogroup_enabled") as f:
+            enabled = f.read().strip() == "1"
+    except OSError:
+        enabled = False
+    if not enabled:
+        pytest.skip("the kernel groups no sessions for scheduling here")
+    script = ("import os\ndef main():\n"
+              "    return [open('/proc/self/autogroup').read().split()[0],"
+              " os.getpgid(0) == 1, os.getsid(0)]\n")
+    group, own_group, sid = expect_result(zserver.execute(script))
+    with open(f"/proc/{zygote_pids(zserver)[0]}/autogroup") as f:
+        assert group == f.read().split()[0]
+    # Its process group is its own (kill(0) reaches only the run); its session's leader is
+    # outside its pid namespace.
+    assert own_group and sid == 0
