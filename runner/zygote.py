@@ -213,7 +213,10 @@ def run_child(fds, cfg):
         # back: runner.become_init); SIGPIPE stays ignored, as Python starts with it.
         for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, signal.SIG_DFL)
-        os.setsid()
+        # A process group of its own, so that kill(0) and killpg reach only the run; not a
+        # session, which would also make it a scheduling group of its own (autogroup) and
+        # void the priorities: ready runs wait at nice 19, a run's teardown is SCHED_IDLE.
+        os.setpgid(0, 0)
         place_fds(fds)
         new_namespaces(cfg)
         first_process(cfg)
