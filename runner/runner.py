@@ -27,6 +27,7 @@ import json
 import linecache
 import os
 import resource
+import signal
 import sys
 import traceback
 import types
@@ -38,6 +39,8 @@ _JSONEncoder = json.JSONEncoder
 _set_int_max_str_digits = sys.set_int_max_str_digits
 _INT_DIGITS_DEFAULT = sys.int_info.default_max_str_digits
 _json_loads = json.loads
+_sched_setscheduler, _sched_param, _SCHED_IDLE = os.sched_setscheduler, os.sched_param, os.SCHED_IDLE
+_pause = signal.pause
 _JSON_ESCAPES = {i: f"\\u{i:04x}" for i in range(0x20)}
 _JSON_ESCAPES.update({ord('"'): '\\"', ord("\\"): "\\\\", 0x7F: "\\u007f"})
 
@@ -60,10 +63,10 @@ class ScriptError(Exception):
         self.exc = exc
 
 
-def hide_result_fd(fd):
-    """Moves the result channel to the highest descriptor, so a script that writes to low
-    descriptors cannot corrupt the frame by accident."""
-    top = resource.getrlimit(resource.RLIMIT_NOFILE)[0] - 1
+def hide_fd(fd, below_top=0):
+    """Moves one of the runner's channels to the highest descriptors, so a script that writes
+    to low descriptors cannot corrupt it by accident."""
+    top = resource.getrlimit(resource.RLIMIT_NOFILE)[0] - 1 - below_top
     import fcntl
 
     hidden = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, max(top, fd + 1))
@@ -380,14 +383,39 @@ def error_frame(err):
     return ("{" + body + "}\n").encode("utf-8")
 
 
-def finish(result_fd, frame):
+def finish(result_fd, done_fd, frame, linger):
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except BaseException:
             pass  # the script may have closed or replaced it
     write_all(result_fd, frame)
+    # The frame is whole and the output is in the pipe: the init may answer now instead of
+    # after this process's exit, whose teardown of a forked interpreter takes milliseconds.
+    for fd in (result_fd, 1, 2):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    background()
+    try:
+        _write(done_fd, b"D")
+        # Tier full: the init stops the jail, answers, and only then kills it, so that this
+        # process's teardown does not delay the answer.
+        while linger:
+            _pause()
+    except BaseException:
+        pass
     _exit(0)
+
+
+def background():
+    """What is left of this process is its teardown: it yields the CPU to every live run (and to
+    the init that answers), instead of delaying them for the milliseconds it takes."""
+    try:
+        _sched_setscheduler(0, _SCHED_IDLE, _sched_param(0))
+    except OSError:
+        pass
 
 
 def run(result_fd, result_max):
@@ -423,9 +451,9 @@ def become_init(status_fd, output_caps, restricted):
 
     The script's stdout is a pipe of the jail's own uid, relayed to the server's: the server's
     pipe belongs to root, so the script could not reopen it through /dev/stdout."""
-    import signal
-
     out_r, out_w = os.pipe()
+    # The script's process says "D" here once its frame is written and it is about to exit.
+    done_r, done_w = os.pipe2(os.O_CLOEXEC)
     # Set before the fork, so that a child that ends at once still wakes the relay.
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.signal(signal.SIGCHLD, lambda *_: None)
@@ -444,34 +472,40 @@ def become_init(status_fd, output_caps, restricted):
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         # As a fresh interpreter has it (a zygote's init has the default).
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        for fd in (status_fd, out_r, wake_r, wake_w):
+        for fd in (status_fd, out_r, wake_r, wake_w, done_r):
             os.close(fd)
         os.dup2(out_w, 1)
         os.close(out_w)
-        return
+        return done_w
     os.close(out_w)
-    keep = sorted((1, out_r, status_fd, wake_r, wake_w))
+    os.close(done_w)
+    keep = sorted((1, out_r, status_fd, wake_r, wake_w, done_r))
     os.closerange(0, keep[0])
     for low, high in zip(keep, keep[1:] + [resource.getrlimit(resource.RLIMIT_NOFILE)[0]]):
         os.closerange(low + 1, high)
-    code = relay_until_exit(child, out_r, wake_r)
+    code, done = relay_until_exit(child, out_r, wake_r, done_r)
     try:
         records = b""
         if code == 0 and not restricted:
-            end_jail()
+            end_jail(stop_only=done)
             records = collect_output(output_caps)
         write_all(status_fd, b"%d %d\n" % (code, len(records)) + records)
     finally:
+        background()
+        if done and not restricted:
+            end_jail(stop_only=False)
         os._exit(code)
 
 
-def relay_until_exit(child, out_r, wake_r):
-    """Copies the script's output to fd 1 and reaps every child until `child` is gone; then
-    copies what its output pipe still holds and returns the child's exit code (128 + signal
-    when killed)."""
+def relay_until_exit(child, out_r, wake_r, done_r):
+    """Copies the script's output to fd 1 and reaps every child until `child` is gone or says
+    on done_r that it wrote its frame and is exiting; then copies what its output pipe still
+    holds and returns the child's exit code (128 + signal when killed, 0 when it said so) and
+    whether it said so."""
     import select
 
     code = None
+    done = False
     open_out = True
     sink = [1]  # emptied when the server no longer reads: the output is then dropped
 
@@ -482,14 +516,23 @@ def relay_until_exit(child, out_r, wake_r):
             except OSError:
                 sink.clear()
 
+    watch = [out_r, wake_r, done_r]
     while code is None:
-        ready = select.select([out_r, wake_r] if open_out else [wake_r], [], [])[0]
+        ready = select.select(watch, [], [])[0]
+        if done_r in ready:
+            # Only the runner's finish() writes it, after the frame; a script that writes it
+            # early only ends its own run, without a frame.
+            if os.read(done_r, 1) == b"D":
+                code, done = 0, True
+                break
+            watch.remove(done_r)
         if out_r in ready:
             data = os.read(out_r, 1 << 16)
             if data:
                 copy(data)
             else:
                 open_out = False
+                watch.remove(out_r)
         if wake_r in ready:
             try:
                 os.read(wake_r, 512)
@@ -499,7 +542,7 @@ def relay_until_exit(child, out_r, wake_r):
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
-                return 70
+                return 70, False
             if pid == 0:
                 break
             if pid == child:
@@ -518,15 +561,23 @@ def relay_until_exit(child, out_r, wake_r):
             break
         copy(data)
         left -= len(data)
-    return code
+    return code, done
 
 
-def end_jail():
-    """Tier full, in the pid namespace's init: kills every other process of the jail and reaps
-    them all, so nothing writes under output/ any more. (kill(-1) spares the caller.)"""
+def end_jail(stop_only):
+    """Tier full, in the pid namespace's init: stops or kills every other process of the jail
+    (kill(-1) spares the caller), so that nothing writes under output/ any more; killed, they
+    are all reaped. Once the script's process said it is done, stopping them is enough: their
+    teardown (milliseconds for a forked interpreter) waits until the answer has left."""
+    if stop_only:
+        try:
+            os.kill(-1, signal.SIGSTOP)
+        except OSError:
+            pass  # none left to signal
+        return
     while True:
         try:
-            os.kill(-1, 9)
+            os.kill(-1, signal.SIGKILL)
         except OSError:
             pass  # none left to signal
         try:
@@ -650,8 +701,8 @@ def serve(result_fd, status_fd, result_max, output_caps, restricted):
         # Root made the jail's user namespace, so the signals a run queues count against
         # root's quota on the host too (nsjail has no option for this one).
         resource.setrlimit(resource.RLIMIT_SIGPENDING, (SIGPENDING_MAX, SIGPENDING_MAX))
-    become_init(status_fd, output_caps, restricted)
-    result_fd = hide_result_fd(result_fd)
+    done_fd = hide_fd(become_init(status_fd, output_caps, restricted), 1)
+    result_fd = hide_fd(result_fd)
     write_all(result_fd, b"READY\n")
     pid = os.getpid()
     ballast = bytearray(1 << 20)  # freed on MemoryError so the report can be written
@@ -671,7 +722,7 @@ def serve(result_fd, status_fd, result_max, output_caps, restricted):
         frame = error_frame(err)
     if os.getpid() != pid:
         _exit(0)  # a forked child came back: only the original process reports
-    finish(result_fd, frame)
+    finish(result_fd, done_fd, frame, not restricted)
 
 
 if __name__ == "__main__":

@@ -1206,3 +1206,20 @@ def main():
     ok_child = script.replace('"1") == "1"', '"1") == "0"')
     assert expect_ok(server.execute(ok_child))["result"] == 0
     check_healthy(server)
+
+
+def test_a_forged_done_ends_only_the_scripts_own_run(server):
+    """The script's process holds the pipe on which the runner tells the init that the frame is
+    written (below the result channel, at the top of the descriptors). Saying it early only
+    ends the run without a frame: the answer is an error, at once, and the next run is whole."""
+    script = '''
+import os, resource, time
+def main():
+    os.write(resource.getrlimit(resource.RLIMIT_NOFILE)[0] - 2, b"D")
+    time.sleep(20)
+    return "not stopped"
+'''
+    body = expect_script_error(server.execute(script, timeout=30), "exception")
+    assert "before main() returned" in body["message"], body
+    expect_result(server.execute("def main():\n    return 'next'\n"), "next")
+    check_healthy(server)

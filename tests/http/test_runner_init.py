@@ -1,6 +1,8 @@
 """The runner's init, driven directly (no server): what holds at the moment it splits off the
 script's process, which no timing of a black-box test can pin down."""
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -35,3 +37,73 @@ def test_the_init_is_not_dumpable_before_the_script_exists(restricted):
                           text=True, timeout=30)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "0", done
+
+
+# The init as a pid namespace's first process, with the script's process made unable to exit
+# by itself (its _exit pauses): the init must still answer, from the script's "done", and only
+# then end it. Prints what the init saw as it ended the jail, then the channels' bytes.
+ANSWERS_FIRST = """
+import ctypes, json, os, signal, sys
+sys.path.insert(0, RUNNER_DIR)
+import runner
+
+def never(code):
+    while True:
+        signal.pause()
+
+def end_jail(stop_only, orig=runner.end_jail):
+    if not stop_only:
+        pid, status = os.waitpid(-1, os.WUNTRACED)
+        seen = {"stopped": os.WIFSTOPPED(status),
+                "idle": os.sched_getscheduler(pid) == os.SCHED_IDLE}
+        os.write(1, json.dumps(seen).encode())
+    orig(stop_only)
+
+def read_all(fd):
+    data = b""
+    while chunk := os.read(fd, 65536):
+        data += chunk
+    return data.decode()
+
+script = b"def main():\\n    return 42\\n"
+job = json.dumps({"script": len(script), "stdin": 0, "files": []}).encode() + b"\\n" + script
+(result_r, result_w), (status_r, status_w), (out_r, out_w), (in_r, in_w) = (
+    os.pipe(), os.pipe(), os.pipe(), os.pipe())
+os.write(in_w, job)
+os.close(in_w)
+if ctypes.CDLL(None, use_errno=True).unshare(0x20000000) != 0:  # CLONE_NEWPID
+    sys.exit(f"unshare: {os.strerror(ctypes.get_errno())}")
+pid = os.fork()
+if pid == 0:  # the namespace's init: its kill(-1) reaches no process outside
+    os.dup2(in_r, 0)
+    os.dup2(out_w, 1)
+    os.chdir(WORKDIR)
+    runner._exit = never
+    runner.end_jail = end_jail
+    runner.serve(result_w, status_w, 1 << 20, (0, 0, 0, 0), False)
+for fd in (result_w, status_w, out_w, in_r):
+    os.close(fd)
+print(json.dumps({"result": read_all(result_r), "status": read_all(status_r),
+                  "out": read_all(out_r), "exit": os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])}))
+"""
+
+
+def test_the_init_answers_from_the_scripts_done_and_ends_it_after(tmp_path):
+    """The script's process's teardown (milliseconds for a forked interpreter) is not waited
+    for: once it says its frame is written, the init stops the jail, reports, and only then
+    kills it. Were the init to wait for the script's process to exit, it would wait forever
+    here."""
+    if os.geteuid() != 0:
+        pytest.skip("a pid namespace of its own needs root")
+    code = (ANSWERS_FIRST.replace("RUNNER_DIR", repr(str(RUNNER_DIR)))
+            .replace("WORKDIR", repr(str(tmp_path))))
+    done = subprocess.run(["/usr/bin/python3", "-I", "-c", code], capture_output=True,
+                          text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout)
+    assert got["result"] == 'READY\n{"status":"ok"}\n42', got
+    assert got["status"] == "0 0\n", got
+    # At the report the script's process was stopped, not yet killed, and its teardown yields
+    # to every live run.
+    assert json.loads(got["out"]) == {"stopped": True, "idle": True}, got
+    assert got["exit"] == 0, got
