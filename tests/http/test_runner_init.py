@@ -107,3 +107,29 @@ def test_the_init_answers_from_the_scripts_done_and_ends_it_after(tmp_path):
     # to every live run.
     assert json.loads(got["out"]) == {"stopped": True, "idle": True}, got
     assert got["exit"] == 0, got
+
+
+WARM = """
+import json, linecache, sys
+sys.path.insert(0, RUNNER_DIR)
+import runner
+encoded, real = [], runner.encode_result
+runner.encode_result = lambda value, limit: encoded.append(value) or real(value, limit)
+runner.warm_up(1 << 20)
+print(json.dumps([encoded, "__script__" in sys.modules, "<script>" in linecache.cache,
+                  sys.argv]))
+"""
+
+
+def test_the_warm_up_runs_the_runners_steps_and_leaves_nothing():
+    """Before READY the script's process runs the runner's own steps once on a script of its
+    own (so that their pages are copied before a request waits for them); the script sees no
+    module, source line or value of it."""
+    code = WARM.replace("RUNNER_DIR", repr(str(RUNNER_DIR)))
+    done = subprocess.run(["/usr/bin/python3", "-I", "-c", code], capture_output=True,
+                          text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    encoded, module_left, source_left, argv = json.loads(done.stdout)
+    assert encoded == [{"ok": [1, 2.5, None, True, "x"]}]
+    assert not module_left and not source_left
+    assert argv == ["<script>"]  # what the script's own load sets again
