@@ -13,12 +13,13 @@ Protocol with pyexecd (see docs/security.md):
    or {"status": "error", "error": CODE, "message": TEXT, "traceback": TEXT}.
 What the script prints (stdout and stderr) goes to fd 1 and nowhere else.
 4. The jail's first process (the pid namespace's init) never runs user code: once the script's
-   process is gone it writes that process's exit status ("<code> <n>\n", 128 + signal when
-   killed) on STATUS_FD, a descriptor the script's process never holds, followed by n bytes
-   of records of the files left under output/ (src/files.h; OUTPUT_CAPS is "files,bytes,
-   path length,depth"): in tier full it first kills every other process of the jail, so
-   nothing writes there any more. pyexecd trusts a frame only with a status of 0, and answers
-   without waiting for the rest of the jail to go.
+   process is gone, or has said on its own "done" pipe that its frame is written, it writes
+   that process's exit status ("<code> <n>\n", 128 + signal when killed, 0 after "done") on
+   STATUS_FD, a descriptor the script's process never holds, followed by n bytes of records of
+   the files left under output/ (src/files.h; OUTPUT_CAPS is "files,bytes,path length,depth"):
+   in tier full it first stops (after "done") or kills every other process of the jail, so
+   nothing writes there any more, and kills the stopped ones after its report. pyexecd trusts
+   a frame only with a status of 0, and answers without waiting for the rest of the jail to go.
 """
 
 import gc
