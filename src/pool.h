@@ -17,16 +17,15 @@ struct metrics;
 struct jail;
 
 struct pool_opts {
-	unsigned size;       /* ready sandboxes to keep; 0 gives a pool that is always empty */
-	unsigned fillers;    /* started side by side (at most POOL_FILLERS_MAX, at least one) */
-	double max_age;      /* a ready one older than this is replaced */
+	unsigned size;        /* ready sandboxes to keep; 0 gives a pool that is always empty */
+	unsigned fillers;     /* started side by side (at most POOL_FILLERS_MAX, at least one) */
+	double max_age;       /* a ready one older than this is replaced */
 	double start_timeout; /* one not ready by then is replaced */
 };
 
 /* Starts the pool's thread and its fillers. No jail gives a pool that is always empty. The jail
  * must outlive the pool. Returns NULL with e filled. */
-struct pool *pool_new(struct jail *j, const struct pool_opts *o, struct metrics *m,
-                      struct err *e);
+struct pool *pool_new(struct jail *j, const struct pool_opts *o, struct metrics *m, struct err *e);
 /* A ready sandbox, now owned by the caller, or NULL when none is ready. */
 struct sandbox *pool_take(struct pool *p);
 /* Ready sandboxes right now. */
