@@ -40,7 +40,8 @@ _JSONEncoder = json.JSONEncoder
 _set_int_max_str_digits = sys.set_int_max_str_digits
 _INT_DIGITS_DEFAULT = sys.int_info.default_max_str_digits
 _json_loads = json.loads
-_sched_setscheduler, _sched_param, _SCHED_IDLE = os.sched_setscheduler, os.sched_param, os.SCHED_IDLE
+_sched_setscheduler, _sched_param = os.sched_setscheduler, os.sched_param
+_SCHED_IDLE = os.SCHED_IDLE
 _pause = signal.pause
 _JSON_ESCAPES = {i: f"\\u{i:04x}" for i in range(0x20)}
 _JSON_ESCAPES.update({ord('"'): '\\"', ord("\\"): "\\\\", 0x7F: "\\u007f"})
