@@ -400,7 +400,7 @@ def finish(result_fd, done_fd, frame, linger):
     background()
     try:
         _write(done_fd, b"D")
-        # Tier full: the init stops the jail, answers, and only then kills it, so that this
+        # Tier full: the init kills the jail, answers, and only then reaps it, so that this
         # process's teardown does not delay the answer.
         while linger:
             _pause()
@@ -487,13 +487,13 @@ def become_init(status_fd, output_caps, restricted):
     try:
         records = b""
         if code == 0 and not restricted:
-            end_jail(stop_only=done)
+            end_jail(reap=not done)
             records = collect_output(output_caps)
         write_all(status_fd, b"%d %d\n" % (code, len(records)) + records)
     finally:
         background()
         if done and not restricted:
-            end_jail(stop_only=False)
+            end_jail(reap=True)
         os._exit(code)
 
 
@@ -564,22 +564,20 @@ def relay_until_exit(child, out_r, wake_r, done_r):
     return code, done
 
 
-def end_jail(stop_only):
-    """Tier full, in the pid namespace's init: stops or kills every other process of the jail
-    (kill(-1) spares the caller), so that nothing writes under output/ any more; killed, they
-    are all reaped. Once the script's process said it is done, stopping them is enough: their
-    teardown (milliseconds for a forked interpreter) waits until the answer has left."""
-    if stop_only:
-        try:
-            os.kill(-1, signal.SIGSTOP)
-        except OSError:
-            pass  # none left to signal
-        return
+def end_jail(reap):
+    """Tier full, in the pid namespace's init: kills every other process of the jail (kill(-1)
+    spares the caller), so that nothing writes under output/ any more, and with reap waits for
+    them all. Once the script's process said it is done they are not waited for: their
+    teardown (milliseconds for a forked interpreter) runs beside the walk and the answer. A
+    stop would not do: kill(-1) reaches them one after another, and one not reached yet may
+    wake (SIGCONT) one already stopped; a killed process never runs its code again."""
     while True:
         try:
             os.kill(-1, signal.SIGKILL)
         except OSError:
             pass  # none left to signal
+        if not reap:
+            return
         try:
             os.waitpid(-1, 0)
         except ChildProcessError:
