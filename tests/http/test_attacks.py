@@ -1289,3 +1289,52 @@ def test_no_process_of_a_run_runs_once_the_init_ends_it(server):
         assert "z/after-the-end" not in paths, paths
         assert len([p for p in paths if p.startswith("a/")]) == 50, paths
     check_healthy(server)
+
+
+BUSY_FOR = """
+import os, time
+def main():
+    end = time.monotonic() + SECONDS
+    for _ in range(PROCS - 3):
+        if os.fork() == 0:
+            while time.monotonic() < end:
+                pass
+            os._exit(0)
+    while time.monotonic() < end:
+        pass
+    return "busy"
+"""
+
+LEAVES_CHILDREN = """
+import os, time
+def main():
+    for n in range(PROCS):
+        try:
+            pid = os.fork()
+        except OSError as e:
+            return f"fork {n} failed: {e.strerror}"
+        if pid == 0:
+            time.sleep(60)
+            os._exit(0)
+    return "forked"
+"""
+
+
+def test_a_busy_run_does_not_keep_ended_runs_processes(server_factory):
+    """A run's processes are ended before its answer and reaped after it, by its init. Reaping
+    at the lowest priority (SCHED_IDLE) while a run kept every CPU busy, the inits of ended runs
+    got no CPU: their killed processes piled up and took the process quota all runs share (the
+    zygote's user namespace), so that a later run could no longer fork."""
+    procs = 12
+    srv = server_factory(fresh=True, PYEXEC_MAX_PROCS=str(procs))
+    with concurrent.futures.ThreadPoolExecutor(1) as ex:
+        busy = ex.submit(srv.execute, BUSY_FOR.replace("SECONDS", "20")
+                         .replace("PROCS", str(procs)), 30)
+        time.sleep(1)
+        for i in range(30):
+            if busy.done():
+                break
+            script = LEAVES_CHILDREN.replace("PROCS", str(procs - 4))
+            assert expect_ok(srv.execute(script, timeout=20))["result"] == "forked", i
+        assert expect_ok(busy.result())["result"] == "busy"
+    check_healthy(srv)
