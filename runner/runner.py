@@ -39,7 +39,6 @@ _JSONEncoder = json.JSONEncoder
 _set_int_max_str_digits = sys.set_int_max_str_digits
 _INT_DIGITS_DEFAULT = sys.int_info.default_max_str_digits
 _json_loads = json.loads
-_sched_setscheduler, _sched_param, _SCHED_IDLE = os.sched_setscheduler, os.sched_param, os.SCHED_IDLE
 _pause = signal.pause
 _JSON_ESCAPES = {i: f"\\u{i:04x}" for i in range(0x20)}
 _JSON_ESCAPES.update({ord('"'): '\\"', ord("\\"): "\\\\", 0x7F: "\\u007f"})
@@ -397,7 +396,6 @@ def finish(result_fd, done_fd, frame, linger):
             os.close(fd)
         except OSError:
             pass
-    background()
     try:
         _write(done_fd, b"D")
         # Tier full: the init kills the jail, answers, and only then reaps it, so that this
@@ -407,15 +405,6 @@ def finish(result_fd, done_fd, frame, linger):
     except BaseException:
         pass
     _exit(0)
-
-
-def background():
-    """What is left of this process is its teardown: it yields the CPU to every live run (and to
-    the init that answers), instead of delaying them for the milliseconds it takes."""
-    try:
-        _sched_setscheduler(0, _SCHED_IDLE, _sched_param(0))
-    except OSError:
-        pass
 
 
 def run(result_fd, result_max):
@@ -491,7 +480,9 @@ def become_init(status_fd, output_caps, restricted):
             records = collect_output(output_caps)
         write_all(status_fd, b"%d %d\n" % (code, len(records)) + records)
     finally:
-        background()
+        # Killed processes count against the process quota all runs share until their
+        # teardown ends and they are reaped: neither is left to the lowest priority
+        # (SCHED_IDLE), which a busy run, in the scheduling group all runs share, starves.
         if done and not restricted:
             end_jail(reap=True)
         os._exit(code)
