@@ -356,8 +356,8 @@ def test_the_pool_starts_forks_side_by_side(server_factory):
 
 def test_runs_share_the_zygotes_scheduling_group(zserver):
     """A run is a process group of its own but no session: a session would be a scheduling
-    group of its own (autogroup) as well, and then neither the pool's nice 19 nor the SCHED_IDLE
-    of a run's teardown would yield the CPU to a live run."""
+    group of its own (autogroup) as well, and then the pool's nice 19 would not yield the CPU
+    to a live run."""
     try:
         with open("/proc/sys/kernel/sched_autogroup_enabled") as f:
             enabled = f.read().strip() == "1"
