@@ -244,8 +244,7 @@ static int pool_start_threads(struct pool *p, unsigned fillers)
 	return 0;
 }
 
-struct pool *pool_new(struct jail *j, const struct pool_opts *o, struct metrics *m,
-                      struct err *e)
+struct pool *pool_new(struct jail *j, const struct pool_opts *o, struct metrics *m, struct err *e)
 {
 	struct pool *p;
 
@@ -265,12 +264,13 @@ struct pool *pool_new(struct jail *j, const struct pool_opts *o, struct metrics 
 	p->m = m;
 	pthread_mutex_init(&p->mu, NULL);
 	p->wake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	if (cond_init_monotonic(&p->need) != 0 || p->wake < 0 || pool_start_threads(p, o->fillers ? o->fillers : 1) < 0) {
+	if (cond_init_monotonic(&p->need) != 0 || p->wake < 0 ||
+	    pool_start_threads(p, o->fillers ? o->fillers : 1) < 0) {
 		err_set(e, 0, "config", "cannot start the pool: %s", strerror(errno));
 		if (p->wake >= 0)
 			close(p->wake);
 		pthread_cond_destroy(&p->need);
-			pthread_mutex_destroy(&p->mu);
+		pthread_mutex_destroy(&p->mu);
 		free(p);
 		return NULL;
 	}
