@@ -17,9 +17,9 @@ What the script prints (stdout and stderr) goes to fd 1 and nowhere else.
    that process's exit status ("<code> <n>\n", 128 + signal when killed, 0 after "done") on
    STATUS_FD, a descriptor the script's process never holds, followed by n bytes of records of
    the files left under output/ (src/files.h; OUTPUT_CAPS is "files,bytes,path length,depth"):
-   in tier full it first stops (after "done") or kills every other process of the jail, so
-   nothing writes there any more, and kills the stopped ones after its report. pyexecd trusts
-   a frame only with a status of 0, and answers without waiting for the rest of the jail to go.
+   in tier full it first kills every other process of the jail, so nothing writes there any
+   more, and reaps them before (or, after "done", only after) its report. pyexecd trusts a
+   frame only with a status of 0, and answers without waiting for the rest of the jail to go.
 """
 
 import gc
@@ -40,8 +40,6 @@ _JSONEncoder = json.JSONEncoder
 _set_int_max_str_digits = sys.set_int_max_str_digits
 _INT_DIGITS_DEFAULT = sys.int_info.default_max_str_digits
 _json_loads = json.loads
-_sched_setscheduler, _sched_param = os.sched_setscheduler, os.sched_param
-_SCHED_IDLE = os.SCHED_IDLE
 _pause = signal.pause
 _JSON_ESCAPES = {i: f"\\u{i:04x}" for i in range(0x20)}
 _JSON_ESCAPES.update({ord('"'): '\\"', ord("\\"): "\\\\", 0x7F: "\\u007f"})
@@ -399,25 +397,15 @@ def finish(result_fd, done_fd, frame, linger):
             os.close(fd)
         except OSError:
             pass
-    background()
     try:
         _write(done_fd, b"D")
-        # Tier full: the init stops the jail, answers, and only then kills it, so that this
+        # Tier full: the init kills the jail, answers, and only then reaps it, so that this
         # process's teardown does not delay the answer.
         while linger:
             _pause()
     except BaseException:
         pass
     _exit(0)
-
-
-def background():
-    """What is left of this process is its teardown: it yields the CPU to every live run (and to
-    the init that answers), instead of delaying them for the milliseconds it takes."""
-    try:
-        _sched_setscheduler(0, _SCHED_IDLE, _sched_param(0))
-    except OSError:
-        pass
 
 
 def run(result_fd, result_max):
@@ -489,13 +477,15 @@ def become_init(status_fd, output_caps, restricted):
     try:
         records = b""
         if code == 0 and not restricted:
-            end_jail(stop_only=done)
+            end_jail(reap=not done)
             records = collect_output(output_caps)
         write_all(status_fd, b"%d %d\n" % (code, len(records)) + records)
     finally:
-        background()
+        # Killed processes count against the process quota all runs share until their
+        # teardown ends and they are reaped: neither is left to the lowest priority
+        # (SCHED_IDLE), which a busy run, in the scheduling group all runs share, starves.
         if done and not restricted:
-            end_jail(stop_only=False)
+            end_jail(reap=True)
         os._exit(code)
 
 
@@ -566,22 +556,20 @@ def relay_until_exit(child, out_r, wake_r, done_r):
     return code, done
 
 
-def end_jail(stop_only):
-    """Tier full, in the pid namespace's init: stops or kills every other process of the jail
-    (kill(-1) spares the caller), so that nothing writes under output/ any more; killed, they
-    are all reaped. Once the script's process said it is done, stopping them is enough: their
-    teardown (milliseconds for a forked interpreter) waits until the answer has left."""
-    if stop_only:
-        try:
-            os.kill(-1, signal.SIGSTOP)
-        except OSError:
-            pass  # none left to signal
-        return
+def end_jail(reap):
+    """Tier full, in the pid namespace's init: kills every other process of the jail (kill(-1)
+    spares the caller), so that nothing writes under output/ any more, and with reap waits for
+    them all. Once the script's process said it is done they are not waited for: their
+    teardown (milliseconds for a forked interpreter) runs beside the walk and the answer. A
+    stop would not do: kill(-1) reaches them one after another, and one not reached yet may
+    wake (SIGCONT) one already stopped; a killed process never runs its code again."""
     while True:
         try:
             os.kill(-1, signal.SIGKILL)
         except OSError:
             pass  # none left to signal
+        if not reap:
+            return
         try:
             os.waitpid(-1, 0)
         except ChildProcessError:

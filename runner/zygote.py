@@ -215,7 +215,8 @@ def run_child(fds, cfg):
             signal.signal(sig, signal.SIG_DFL)
         # A process group of its own, so that kill(0) and killpg reach only the run; not a
         # session, which would also make it a scheduling group of its own (autogroup) and
-        # void the priorities: ready runs wait at nice 19, a run's teardown is SCHED_IDLE.
+        # void the priorities: ready runs wait at nice 19 (the server lowers them; the zygote
+        # and a fork's start stay at the normal priority, so that busy runs do not starve them).
         os.setpgid(0, 0)
         place_fds(fds)
         new_namespaces(cfg)

@@ -257,10 +257,8 @@ static int zygote_build(struct args *a, const struct config *c, const char *py, 
 	/* A run writes its uid maps there before it mounts a read-only /proc of its own. */
 	rc |= jail_add(a, "--proc_rw");
 	rc |= jail_add(a, "--time_limit=0");
-	/* Forks for the pool yield to runs, as one-shot pool jails do: sandbox_run restores the
-	 * run's processes to the normal priority at the hand-over. */
-	if (can_renice())
-		rc |= jail_add(a, "--nice_level=19");
+	/* Not niced: the runs share its scheduling group, and a fork's start is not to wait for
+	 * them (zygote_fork renices the pool's forks once started). */
 	rc |= jail_add(a, "--seccomp_string=%s", policy);
 	rc |= jail_add(a, "--pass_fd=%d", ZYGOTE_CTL_FD);
 	rc |= jail_add(a, "--pass_fd=%d", ZYGOTE_FILTER_FD);
@@ -406,6 +404,7 @@ static void zygote_start(struct jail *j, const struct config *c, const char *py,
 	    .mem_bytes = j->mem_bytes,
 	    .max_procs = c->max_procs,
 	    .start_timeout = c->start_timeout,
+	    .renice = can_renice(),
 	};
 	struct err e;
 
@@ -429,7 +428,7 @@ struct sandbox *jail_start(struct jail *j, bool for_pool, struct err *e)
 	snprintf(name, sizeof(name), "run-%d-%lu", (int)getpid(), atomic_fetch_add(&j->runs, 1));
 	if (j->zygote) {
 		/* While the zygote restarts, a request gets a one-shot jail; the pool waits. */
-		struct sandbox *sb = zygote_fork(j->zygote, name, e);
+		struct sandbox *sb = zygote_fork(j->zygote, name, for_pool, e);
 		if (sb || for_pool)
 			return sb;
 		a = &j->cold;

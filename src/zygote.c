@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -325,10 +326,16 @@ static void oom_first(pid_t pid)
 }
 
 /* Before the go-ahead: nothing of the run runs outside its cgroup, and all of it is the kernel's
- * first choice when memory runs out (the jail's /proc is read-only inside). */
-static int go_ahead(struct zygote *z, const char *tag, pid_t pid, int hs, struct err *e)
+ * first choice when memory runs out (the jail's /proc is read-only inside). A fork for the pool
+ * then yields to runs (sandbox_run restores the priority at the hand-over); the zygote and a
+ * fork's start do not: runs share their scheduling group, where busy runs at nice 0 would starve
+ * them past the start timeout, and the zygote would be taken for stuck. */
+static int go_ahead(struct zygote *z, const char *tag, pid_t pid, int hs, bool for_pool,
+                    struct err *e)
 {
 	oom_first(pid);
+	if (for_pool && z->o.renice)
+		setpriority(PRIO_PROCESS, (id_t)pid, 19);
 	if (cgroup_run_adopt(z->o.cg, tag, pid, z->o.mem_bytes, z->o.max_procs) < 0)
 		return err_set(e, 500, "internal", "zygote: cannot move the run into its cgroup %s",
 		               tag);
@@ -346,7 +353,7 @@ static void end_stuck(int holder)
 	syscall(SYS_pidfd_send_signal, holder, SIGKILL, NULL, 0);
 }
 
-struct sandbox *zygote_fork(struct zygote *z, const char *tag, struct err *e)
+struct sandbox *zygote_fork(struct zygote *z, const char *tag, bool for_pool, struct err *e)
 {
 	int child[SPAWN_FDS], hs[2] = {-1, -1}, holder = -1, pidfd = -1;
 	struct proc_opts o = z->o.run;
@@ -389,7 +396,7 @@ struct sandbox *zygote_fork(struct zygote *z, const char *tag, struct err *e)
 		return NULL;
 	}
 	sandbox_adopt(sb, proc, holder);
-	if (go_ahead(z, tag, pid, hs[0], e) < 0) {
+	if (go_ahead(z, tag, pid, hs[0], for_pool, e) < 0) {
 		close_fd(&hs[0]);
 		sandbox_destroy(sb, &r);
 		if (r.diag[0])
@@ -410,7 +417,7 @@ static int first_fork(struct zygote *z, struct err *e)
 	int rc;
 
 	snprintf(tag, sizeof(tag), "run-%d-zygote", (int)getpid());
-	sb = zygote_fork(z, tag, e);
+	sb = zygote_fork(z, tag, false, e);
 	if (!sb)
 		return -1;
 	rc = sandbox_wait_ready(sb, z->o.start_timeout);

@@ -28,6 +28,7 @@ struct zygote_opts {
 	unsigned long long mem_bytes; /* each run's cgroup limits */
 	unsigned long max_procs;
 	double start_timeout; /* for the zygote's start and for each fork's */
+	bool renice;          /* forks for the pool may wait at nice 19 (CAP_SYS_NICE) */
 };
 
 struct zygote;
@@ -35,9 +36,10 @@ struct zygote;
 /* Starts the zygote (through the supervisor) and waits until it is ready. NULL with e
  * filled. */
 struct zygote *zygote_new(const struct zygote_opts *o, struct err *e);
-/* A run forked from the zygote, in its cgroup, not yet ready (sandbox_check tells). NULL with
- * e filled when the zygote is down or the fork failed. */
-struct sandbox *zygote_fork(struct zygote *z, const char *tag, struct err *e);
+/* A run forked from the zygote, in its cgroup, not yet ready (sandbox_check tells); one for the
+ * pool goes on at nice 19 once started. NULL with e filled when the zygote is down or the fork
+ * failed. */
+struct sandbox *zygote_fork(struct zygote *z, const char *tag, bool for_pool, struct err *e);
 bool zygote_up(struct zygote *z);
 /* Times the zygote died and was started again. */
 unsigned long zygote_restarts(struct zygote *z);

@@ -1223,3 +1223,118 @@ def main():
     assert "before main() returned" in body["message"], body
     expect_result(server.execute("def main():\n    return 'next'\n"), "next")
     check_healthy(server)
+
+
+# X is older than Y, its child, so the init's kill(-1) reaches X first; X notes in output/z/ the
+# moment it sees Y stopped or killed. Running then, X got past the init's end of the jail: its
+# siblings wake each other (SIGCONT) in a loop, which undoes a stop that did not reach them all
+# at once. output/a/ makes the init's walk take a while before it lists output/z/.
+OUTLIVES_THE_END = r'''
+import os, signal, time
+def looper(pids_r):
+    pids = [int(p) for p in os.read(pids_r, 512).split()]
+    while True:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except OSError:
+                pass
+def watcher(pids_r):
+    y = os.fork()
+    if y == 0:
+        while True:
+            signal.pause()
+    pids = [int(p) for p in os.read(pids_r, 512).split()]
+    z = os.open("output/z", os.O_RDONLY | os.O_DIRECTORY)
+    while True:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except OSError:
+                pass
+        seen = os.waitid(os.P_PID, y, os.WSTOPPED | os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        if seen is not None:
+            os.close(os.open("after-the-end", os.O_CREAT | os.O_WRONLY, 0o600, dir_fd=z))
+def main():
+    os.makedirs("output/a")
+    os.makedirs("output/z")
+    for i in range(50):
+        with open(f"output/a/{i:02}", "wb") as f:
+            f.write(os.urandom(100_000))
+    pids_r, pids_w = os.pipe()
+    kids = []
+    for i in range(8):
+        pid = os.fork()
+        if pid == 0:
+            os.close(pids_w)
+            (watcher if i == 7 else looper)(pids_r)
+        kids.append(pid)
+    os.write(pids_w, " ".join(map(str, kids)).encode().ljust(512) * 8)
+    time.sleep(0.5)
+    return "done"
+'''
+
+
+def test_no_process_of_a_run_runs_once_the_init_ends_it(server):
+    """Once the script's process has written its frame, the jail's other processes are ended
+    before output/ is read and the answer leaves: a stop that siblings can undo for each other
+    (SIGCONT) is no end, and what outlived it would write under output/ during the walk and
+    run on after the answer."""
+    for _ in range(4):  # the stop is undone in most runs, not all
+        resp = server.execute(OUTLIVES_THE_END, timeout=20)
+        assert resp.status == 200, resp
+        body = resp.json()
+        assert body["result"] == "done", body["result"]
+        paths = [f["path"] for f in body["files"]]
+        assert "z/after-the-end" not in paths, paths
+        assert len([p for p in paths if p.startswith("a/")]) == 50, paths
+    check_healthy(server)
+
+
+BUSY_FOR = """
+import os, time
+def main():
+    end = time.monotonic() + SECONDS
+    for _ in range(PROCS - 3):
+        if os.fork() == 0:
+            while time.monotonic() < end:
+                pass
+            os._exit(0)
+    while time.monotonic() < end:
+        pass
+    return "busy"
+"""
+
+LEAVES_CHILDREN = """
+import os, time
+def main():
+    for n in range(PROCS):
+        try:
+            pid = os.fork()
+        except OSError as e:
+            return f"fork {n} failed: {e.strerror}"
+        if pid == 0:
+            time.sleep(60)
+            os._exit(0)
+    return "forked"
+"""
+
+
+def test_a_busy_run_does_not_keep_ended_runs_processes(server_factory):
+    """A run's processes are ended before its answer and reaped after it, by its init. Reaping
+    at the lowest priority (SCHED_IDLE) while a run kept every CPU busy, the inits of ended runs
+    got no CPU: their killed processes piled up and took the process quota all runs share (the
+    zygote's user namespace), so that a later run could no longer fork."""
+    procs = 12
+    srv = server_factory(fresh=True, PYEXEC_MAX_PROCS=str(procs))
+    with concurrent.futures.ThreadPoolExecutor(1) as ex:
+        busy = ex.submit(srv.execute, BUSY_FOR.replace("SECONDS", "20")
+                         .replace("PROCS", str(procs)), 30)
+        time.sleep(1)
+        for i in range(30):
+            if busy.done():
+                break
+            script = LEAVES_CHILDREN.replace("PROCS", str(procs - 4))
+            assert expect_ok(srv.execute(script, timeout=20))["result"] == "forked", i
+        assert expect_ok(busy.result())["result"] == "busy"
+    check_healthy(srv)

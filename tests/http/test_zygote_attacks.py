@@ -381,3 +381,41 @@ def test_a_run_cannot_stop_or_kill_its_init_by_pidfd(zserver):
     assert expect_result(zserver.execute(PIDFD)) == [0, 0, "S", "ESRCH", "ESRCH", "ESRCH"]
     assert expect_result(zserver.execute("def main():\n    return 1\n")) == 1
     assert zygote_state(zserver) == before
+
+
+# --- CPU ---------------------------------------------------------------------------------
+
+# As many busy processes as a run may have, for a while.
+BUSY = """
+import os, time
+def main():
+    end = time.monotonic() + SECONDS
+    for _ in range(26):
+        if os.fork() == 0:
+            while time.monotonic() < end:
+                pass
+            os._exit(0)
+    while time.monotonic() < end:
+        pass
+    return "busy"
+"""
+
+
+@ZYGOTE_ONLY
+def test_a_busy_run_does_not_starve_the_zygote(server_factory):
+    """Runs share the zygote's scheduling group (a process group each, no session), where
+    every process of a run at nice 0 outweighs the zygote's forks 68 to 1 at nice 19. A run
+    busy in all its processes starved the fork another request waited for past the start
+    timeout: that request waited the whole timeout, and the zygote, taken for stuck, was
+    replaced. The forks start at the normal priority; those for the pool wait at nice 19."""
+    srv = server_factory(fresh=True, PYEXEC_HEALTH_DETAILS="on", PYEXEC_START_TIMEOUT="4")
+    with concurrent.futures.ThreadPoolExecutor(1) as ex:
+        busy = ex.submit(srv.execute, BUSY.replace("SECONDS", "8"), 20)
+        time.sleep(1)
+        # The pool's forks are taken one after another while the busy run goes on: each next
+        # run needs a fork started under its load.
+        for i in range(4):
+            assert expect_result(srv.execute(f"def main():\n    return {i}\n")) == i
+        assert expect_result(busy.result()) == "busy"
+    assert zygote_state(srv) == {"up": True, "restarts": 0}
+    assert "zygote: it made no run within the start timeout" not in srv.log_tail(200)
