@@ -476,7 +476,9 @@ def become_init(status_fd, output_caps, restricted):
     code, done = relay_until_exit(child, out_r, wake_r, done_r)
     try:
         records = b""
-        if code == 0 and not restricted:
+        # With no output/ when the script is done, the report comes first and the jail's end
+        # (with the start of its teardown) after it: files made later are not collected.
+        if code == 0 and not restricted and not (done and not os.path.lexists("output")):
             end_jail(reap=not done)
             records = collect_output(output_caps)
         write_all(status_fd, b"%d %d\n" % (code, len(records)) + records)

@@ -40,8 +40,9 @@ def test_the_init_is_not_dumpable_before_the_script_exists(restricted):
 
 
 # The init as a pid namespace's first process, with the script's process made unable to exit
-# by itself (its _exit pauses): the init must still answer, from the script's "done", and only
-# then end it. Prints what the init saw as it ended the jail, then the channels' bytes.
+# by itself (its _exit pauses): the init must still answer, from the script's "done". Prints, as
+# JSON lines on the init's stdout, when it reported and when it ended the jail (and whether the
+# script's process was alive then), then the channels' bytes.
 ANSWERS_FIRST = """
 import ctypes, json, os, signal, sys
 sys.path.insert(0, RUNNER_DIR)
@@ -51,12 +52,18 @@ def never(code):
     while True:
         signal.pause()
 
+def note(*event):
+    os.write(1, json.dumps(event).encode() + b"\\n")
+
 def end_jail(reap, orig=runner.end_jail):
-    if reap:
-        gone = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOWAIT)
-        seen = {"killed": gone.si_code == os.CLD_KILLED and gone.si_status == signal.SIGKILL}
-        os.write(1, json.dumps(seen).encode())
+    alive = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
+    note("end", reap, alive)
     orig(reap)
+
+def write_all(fd, data, orig=runner.write_all):
+    if fd == status_w:
+        note("status", data.decode())
+    orig(fd, data)
 
 def read_all(fd):
     data = b""
@@ -64,7 +71,7 @@ def read_all(fd):
         data += chunk
     return data.decode()
 
-script = b"def main():\\n    return 42\\n"
+script = SCRIPT
 job = json.dumps({"script": len(script), "stdin": 0, "files": []}).encode() + b"\\n" + script
 (result_r, result_w), (status_r, status_w), (out_r, out_w), (in_r, in_w) = (
     os.pipe(), os.pipe(), os.pipe(), os.pipe())
@@ -79,7 +86,8 @@ if pid == 0:  # the namespace's init: its kill(-1) reaches no process outside
     os.chdir(WORKDIR)
     runner._exit = never
     runner.end_jail = end_jail
-    runner.serve(result_w, status_w, 1 << 20, (0, 0, 0, 0), False)
+    runner.write_all = write_all
+    runner.serve(result_w, status_w, 1 << 20, (8, 1 << 20, 256, 4), False)
 for fd in (result_w, status_w, out_w, in_r):
     os.close(fd)
 got = {"result": read_all(result_r), "status": read_all(status_r), "out": read_all(out_r)}
@@ -87,25 +95,42 @@ got["exit"] = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
 print(json.dumps(got))
 """
 
+NO_FILES = b"def main():\n    return 42\n"
+WITH_FILES = (b"import os\ndef main():\n    os.mkdir('output')\n"
+              b"    open('output/f', 'w').write('x')\n    return 42\n")
 
-def test_the_init_answers_from_the_scripts_done_and_ends_it_after(tmp_path):
-    """The script's process's teardown (milliseconds for a forked interpreter) is not waited
-    for: once it says its frame is written, the init kills the jail, reports, and only then
-    reaps it. Were the init to wait for the script's process to exit, it would wait forever
-    here."""
+
+def answer_first(tmp_path, script):
     if os.geteuid() != 0:
         pytest.skip("a pid namespace of its own needs root")
     code = (ANSWERS_FIRST.replace("RUNNER_DIR", repr(str(RUNNER_DIR)))
-            .replace("WORKDIR", repr(str(tmp_path))))
+            .replace("WORKDIR", repr(str(tmp_path))).replace("SCRIPT", repr(script)))
     done = subprocess.run(["/usr/bin/python3", "-I", "-c", code], capture_output=True,
                           text=True, timeout=30)
     assert done.returncode == 0, done.stderr
     got = json.loads(done.stdout)
     assert got["result"] == 'READY\n{"status":"ok"}\n42', got
-    assert got["status"] == "0 0\n", got
-    # At the report the script's process was killed, not yet reaped.
-    assert json.loads(got["out"]) == {"killed": True}, got
     assert got["exit"] == 0, got
+    return got, [json.loads(line) for line in got["out"].splitlines()]
+
+
+def test_the_init_answers_from_the_scripts_done_before_it_ends_the_jail(tmp_path):
+    """The script's process's teardown (milliseconds for a forked interpreter) is not waited
+    for: once it says its frame is written, and with no output/ to collect, the init reports
+    first and only then ends the jail. Were the init to wait for the script's process to exit,
+    it would wait forever here."""
+    got, events = answer_first(tmp_path, NO_FILES)
+    assert got["status"] == "0 0\n", got
+    assert events == [["status", "0 0\n"], ["end", True, True]], events
+
+
+def test_the_init_ends_the_jail_before_it_walks_output(tmp_path):
+    """With output/ to collect, every other process of the jail is killed before the walk (a
+    kill, which no sibling can undo as it could a stop), and reaped only after the report."""
+    got, events = answer_first(tmp_path, WITH_FILES)
+    assert got["status"] == "0 8\nF 1 1\nfx", got
+    assert events[:2] == [["end", False, True], ["status", got["status"]]], events
+    assert events[2][:2] == ["end", True], events
 
 
 WARM = """
