@@ -257,8 +257,11 @@ static int zygote_build(struct args *a, const struct config *c, const char *py, 
 	/* A run writes its uid maps there before it mounts a read-only /proc of its own. */
 	rc |= jail_add(a, "--proc_rw");
 	rc |= jail_add(a, "--time_limit=0");
-	/* Not niced: the runs share its scheduling group, and a fork's start is not to wait for
-	 * them (zygote_fork renices the pool's forks once started). */
+	/* Forks for the pool yield to runs, as one-shot pool jails do: sandbox_run restores the
+	 * run's processes to the normal priority at the hand-over, and zygote_fork gives the
+	 * zygote the normal priority while a request waits for a fork. */
+	if (can_renice())
+		rc |= jail_add(a, "--nice_level=19");
 	rc |= jail_add(a, "--seccomp_string=%s", policy);
 	rc |= jail_add(a, "--pass_fd=%d", ZYGOTE_CTL_FD);
 	rc |= jail_add(a, "--pass_fd=%d", ZYGOTE_FILTER_FD);

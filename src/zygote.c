@@ -36,7 +36,9 @@ struct zygote {
 	int self;
 	struct proc *proc; /* its nsjail, through the supervisor; NULL while it is down */
 	unsigned long restarts;
-	int wake; /* eventfd: stop */
+	unsigned
+	    urgent; /* forks a request waits for, under way: the zygote is not niced meanwhile */
+	int wake;   /* eventfd: stop */
 	/* What nsjail and the zygote say (its stderr): kept, and logged when it fails or dies,
 	 * as a one-shot jail's are; the server's log stays JSON. Only the keeper reads it. */
 	int err;
@@ -327,9 +329,8 @@ static void oom_first(pid_t pid)
 
 /* Before the go-ahead: nothing of the run runs outside its cgroup, and all of it is the kernel's
  * first choice when memory runs out (the jail's /proc is read-only inside). A fork for the pool
- * then yields to runs (sandbox_run restores the priority at the hand-over); the zygote and a
- * fork's start do not: runs share their scheduling group, where busy runs at nice 0 would starve
- * them past the start timeout, and the zygote would be taken for stuck. */
+ * yields to runs (sandbox_run restores the priority at the hand-over), even one forked while the
+ * zygote had the normal priority for a request's (urgent_fork). */
 static int go_ahead(struct zygote *z, const char *tag, pid_t pid, int hs, bool for_pool,
                     struct err *e)
 {
@@ -344,13 +345,40 @@ static int go_ahead(struct zygote *z, const char *tag, pid_t pid, int hs, bool f
 	return 0;
 }
 
-/* Alive but no fork within the start timeout (stopped, wedged): it is ended, so that the keeper
- * starts another instead of every later run waiting as long for it. holder is a pidfd of the
- * zygote itself, whose death ends its nsjail (and the keeper kills that too). */
-static void end_stuck(int holder)
+/* Alive but no fork within the start timeout: stopped or wedged, it is ended, so that the keeper
+ * starts another instead of every later run waiting as long for it. Running or waiting for its
+ * next message, it is not stuck: the fork itself waits for the CPU (busy runs at the normal
+ * priority outweigh a fork for the pool at nice 19). holder is a pidfd of the zygote itself,
+ * whose death ends its nsjail (and the keeper kills that too). */
+static void end_if_stuck(int holder)
 {
+	char path[64], stat[512], *state;
+	pid_t pid = pidfd_pid(holder);
+
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	if (pid > 0 && sysfile_read(AT_FDCWD, path, stat, sizeof(stat)) > 0 &&
+	    (state = strrchr(stat, ')')) != NULL && (state[1] == ' ') &&
+	    (state[2] == 'R' || state[2] == 'S')) {
+		log_warn("zygote: a fork did not start within the start timeout (busy runs?)");
+		return;
+	}
 	log_error("zygote: it made no run within the start timeout; replacing it");
 	syscall(SYS_pidfd_send_signal, holder, SIGKILL, NULL, 0);
+}
+
+/* The zygote waits at nice 19 (its forks for the pool yield to runs) but for a fork a request
+ * waits for: from the first such fork under way to the last, it has the normal priority, and
+ * what it forks meanwhile inherits it. */
+static void urgent_fork(struct zygote *z, int delta)
+{
+	pid_t pid;
+
+	pthread_mutex_lock(&z->mu);
+	z->urgent = (unsigned)((int)z->urgent + delta);
+	pid = z->self >= 0 ? pidfd_pid(z->self) : -1;
+	if (pid > 0 && (z->urgent == 0 || (delta > 0 && z->urgent == 1)))
+		setpriority(PRIO_PROCESS, (id_t)pid, z->urgent ? 0 : 19);
+	pthread_mutex_unlock(&z->mu);
 }
 
 struct sandbox *zygote_fork(struct zygote *z, const char *tag, bool for_pool, struct err *e)
@@ -361,12 +389,15 @@ struct sandbox *zygote_fork(struct zygote *z, const char *tag, bool for_pool, st
 	struct run_result r;
 	struct proc *proc;
 	pid_t pid = -1;
+	bool urgent = !for_pool && z->o.renice;
 
 	o.tag = tag;
 	if (!sb) {
 		sup_abandon(&o);
 		return NULL;
 	}
+	if (urgent)
+		urgent_fork(z, 1);
 	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, hs) == 0)
 		holder = send_fork(z, child, hs[1]);
 	for (int i = 0; i < SPAWN_FDS; i++)
@@ -377,7 +408,9 @@ struct sandbox *zygote_fork(struct zygote *z, const char *tag, bool for_pool, st
 	else if (wait_readable(hs[0], holder, z->o.start_timeout))
 		pidfd = recv_pidfd(hs[0], "P");
 	else if (!readable(holder, 0))
-		end_stuck(holder);
+		end_if_stuck(holder);
+	if (urgent)
+		urgent_fork(z, -1);
 	pid = pidfd >= 0 ? pidfd_pid(pidfd) : -1;
 	if (pid <= 0) {
 		if (holder >= 0)

@@ -28,7 +28,7 @@ struct zygote_opts {
 	unsigned long long mem_bytes; /* each run's cgroup limits */
 	unsigned long max_procs;
 	double start_timeout; /* for the zygote's start and for each fork's */
-	bool renice;          /* forks for the pool may wait at nice 19 (CAP_SYS_NICE) */
+	bool renice;          /* the zygote and its pool forks wait at nice 19 (CAP_SYS_NICE) */
 };
 
 struct zygote;

@@ -408,7 +408,7 @@ def test_a_busy_run_does_not_starve_the_zygote(server_factory):
     busy in all its processes starved the fork another request waited for past the start
     timeout: that request waited the whole timeout, and the zygote, taken for stuck, was
     replaced. The forks start at the normal priority; those for the pool wait at nice 19."""
-    srv = server_factory(fresh=True, PYEXEC_HEALTH_DETAILS="on", PYEXEC_START_TIMEOUT="4")
+    srv = server_factory(fresh=True, PYEXEC_HEALTH_DETAILS="on", PYEXEC_START_TIMEOUT="2")
     with concurrent.futures.ThreadPoolExecutor(1) as ex:
         busy = ex.submit(srv.execute, BUSY.replace("SECONDS", "8"), 20)
         time.sleep(1)
@@ -419,3 +419,22 @@ def test_a_busy_run_does_not_starve_the_zygote(server_factory):
         assert expect_result(busy.result()) == "busy"
     assert zygote_state(srv) == {"up": True, "restarts": 0}
     assert "zygote: it made no run within the start timeout" not in srv.log_tail(200)
+
+
+@ZYGOTE_ONLY
+def test_a_fork_a_request_waits_for_is_not_starved_by_a_busy_run(server_factory):
+    """The zygote waits at nice 19, so that its forks for the pool yield to runs; a fork a
+    request waits for (here every one: no pool) gets the normal priority while it starts. At
+    nice 19 among a busy run's processes at nice 0 it took longer than the start timeout."""
+    srv = server_factory(fresh=True, PYEXEC_HEALTH_DETAILS="on", PYEXEC_START_TIMEOUT="2",
+                         PYEXEC_POOL="0")
+    with concurrent.futures.ThreadPoolExecutor(1) as ex:
+        busy = ex.submit(srv.execute, BUSY.replace("SECONDS", "8"), 20)
+        time.sleep(1)
+        for i in range(3):
+            assert expect_result(srv.execute(f"def main():\n    return {i}\n")) == i
+        assert expect_result(busy.result()) == "busy"
+    assert zygote_state(srv) == {"up": True, "restarts": 0}
+    log = srv.log_tail(200)
+    assert "did not start within the start timeout" not in log, log
+    assert "zygote: it made no run within the start timeout" not in log, log
