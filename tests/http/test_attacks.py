@@ -1338,3 +1338,65 @@ def test_a_busy_run_does_not_keep_ended_runs_processes(server_factory):
             assert expect_ok(srv.execute(script, timeout=20))["result"] == "forked", i
         assert expect_ok(busy.result())["result"] == "busy"
     check_healthy(srv)
+
+
+
+# Every child renames itself (its comm) with a counter as it loops: a comm that still changes
+# after the answer is user code of the run still running. The script first tries to put its
+# init at the lowest priority (SCHED_IDLE), which the kernel lets any process of its uid do,
+# so that the busy children outrun it.
+OUTLIVES_ANSWER = """
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+def main():
+    try:
+        os.sched_setscheduler(1, os.SCHED_IDLE, os.sched_param(0))
+        said = "lowered"
+    except OSError:
+        said = "refused"
+    for _ in range(PROCS):
+        if os.fork() == 0:
+            n = 0
+            while True:
+                n += 1
+                if n % 1000 == 0:
+                    libc.prctl(15, b"TAG%d" % (n // 1000 % 1000000), 0, 0, 0)
+    return said
+"""
+
+
+def _comms_with(prefix):
+    found = {}
+    for pid in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                comm = f.read().strip()
+        except OSError:
+            continue
+        if comm.startswith(prefix):
+            found[pid] = comm
+    return found
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="reads every process's comm: needs root")
+def test_no_user_code_runs_after_the_answer(server_factory):
+    """Once a run is answered, none of its processes runs the script's code any more: the
+    server no longer counts the run, so what ran on would run beside later runs, beyond the
+    limits. With no output/, the init reports before it kills the jail; with the init put at
+    the lowest priority by the script, busy children kept it from the kill (and from its end
+    when the supervisor killed it) for most of a second after the answer."""
+    procs = 12
+    srv = server_factory(fresh=True, PYEXEC_MAX_PROCS=str(procs + 4))
+    tag = "lg" + uuid.uuid4().hex[:4]
+    script = OUTLIVES_ANSWER.replace("PROCS", str(procs)).replace("TAG", tag)
+    said = expect_ok(srv.execute(script, timeout=20))["result"]
+    assert said in ("lowered", "refused")
+    seen, ran = {}, set()
+    deadline = time.monotonic() + 1
+    while time.monotonic() < deadline:
+        for pid, comm in _comms_with(tag).items():
+            if seen.setdefault(pid, comm) != comm:
+                ran.add(pid)
+        time.sleep(0.01)
+    assert not ran, (said, seen, ran)
+    check_healthy(srv)
