@@ -157,3 +157,41 @@ def test_policy_is_what_denies(server_factory, tmp_path, tier):
     assert denied == by_server_filter, \
         f"denied without nsjail's policy: {sorted(denied)}; expected {sorted(by_server_filter)}"
     assert set(calls) - denied, "the control run must show some call the policy alone denies"
+
+
+OWN_SCHEDULING = '''
+import os
+def main():
+    out = {}
+    def attempt(name, call):
+        try:
+            call()
+            out[name] = "ok"
+        except OSError as exc:
+            out[name] = exc.errno
+    attempt("nice", lambda: os.nice(1))
+    attempt("own", lambda: os.setpriority(os.PRIO_PROCESS, 0, 2))
+    attempt("own_policy", lambda: os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0)))
+    attempt("init", lambda: os.setpriority(os.PRIO_PROCESS, 1, 19))
+    attempt("group", lambda: os.setpriority(os.PRIO_PGRP, 0, 19))
+    attempt("user", lambda: os.setpriority(os.PRIO_USER, 0, 19))
+    attempt("init_policy", lambda: os.sched_setscheduler(1, os.SCHED_IDLE, os.sched_param(0)))
+    attempt("init_param", lambda: os.sched_setparam(1, os.sched_param(0)))
+    out["init_now"] = [os.sched_getscheduler(1), os.getpriority(os.PRIO_PROCESS, 1)]
+    return out
+'''
+
+
+@pytest.mark.parametrize("zygote", ["on", "off"])
+def test_a_process_sets_only_its_own_scheduling(server_factory, tier, zygote):
+    """All of a run shares one uid, so the kernel lets a script lower its init's priority: the
+    policy refuses it (test_attacks.py::test_no_user_code_runs_after_the_answer says why). A
+    process still sets its own, as os.nice does."""
+    if tier != "full":
+        pytest.skip("the restricted tier's init is no pid namespace's; it kills by uid")
+    srv = server_factory(fresh=True, PYEXEC_ZYGOTE=zygote)
+    got = expect_ok(srv.execute(OWN_SCHEDULING, timeout=10))["result"]
+    assert got == {"nice": "ok", "own": "ok", "own_policy": "ok", "init": EPERM,
+                   "group": EPERM, "user": EPERM, "init_policy": EPERM, "init_param": EPERM,
+                   "init_now": [0, 0]}, got
+    check_healthy(srv)
