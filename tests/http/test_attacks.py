@@ -1380,23 +1380,31 @@ def _comms_with(prefix):
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="reads every process's comm: needs root")
 def test_no_user_code_runs_after_the_answer(server_factory):
-    """Once a run is answered, none of its processes runs the script's code any more: the
-    server no longer counts the run, so what ran on would run beside later runs, beyond the
-    limits. With no output/, the init reports before it kills the jail; with the init put at
+    """Once a run is answered, its processes do not run the script's code on: the server no
+    longer counts the run, so what ran on would run beside later runs, beyond the limits.
+    With no output/, the init reports before it kills the jail; with the init put at
     the lowest priority by the script, busy children kept it from the kill (and from its end
     when the supervisor killed it) for most of a second after the answer."""
     procs = 12
     srv = server_factory(fresh=True, PYEXEC_MAX_PROCS=str(procs + 4))
-    tag = "lg" + uuid.uuid4().hex[:4]
-    script = OUTLIVES_ANSWER.replace("PROCS", str(procs)).replace("TAG", tag)
-    said = expect_ok(srv.execute(script, timeout=20))["result"]
-    assert said in ("lowered", "refused")
-    seen, ran = {}, set()
-    deadline = time.monotonic() + 1
-    while time.monotonic() < deadline:
-        for pid, comm in _comms_with(tag).items():
-            if seen.setdefault(pid, comm) != comm:
-                ran.add(pid)
-        time.sleep(0.01)
-    assert not ran, (said, seen, ran)
+    # Whether the init is preempted between its report and its kill (when the server's thread
+    # wakes on its CPU) is chance: a few runs.
+    for attempt in range(3):
+        tag = "lg" + uuid.uuid4().hex[:4]
+        script = OUTLIVES_ANSWER.replace("PROCS", str(procs)).replace("TAG", tag)
+        said = expect_ok(srv.execute(script, timeout=20))["result"]
+        answered = time.monotonic()
+        assert said in ("lowered", "refused")
+        # Even at the normal priority the server may take the init's CPU between its report
+        # and its kill: what ran in that moment is not counted, what runs a fifth of a second
+        # after the answer is.
+        seen, ran = {}, {}
+        while time.monotonic() < answered + 1:
+            for pid, comm in _comms_with(tag).items():
+                if seen.setdefault(pid, comm) != comm:
+                    seen[pid] = comm
+                    if time.monotonic() > answered + 0.2:
+                        ran[pid] = round(time.monotonic() - answered, 3)
+            time.sleep(0.01)
+        assert not ran, (attempt, said, ran)
     check_healthy(srv)
