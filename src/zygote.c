@@ -376,7 +376,9 @@ static void urgent_fork(struct zygote *z, int delta)
 	pthread_mutex_lock(&z->mu);
 	z->urgent = (unsigned)((int)z->urgent + delta);
 	pid = z->self >= 0 ? pidfd_pid(z->self) : -1;
-	if (pid > 0 && (z->urgent == 0 || (delta > 0 && z->urgent == 1)))
+	/* Every time, not only at the first and the last: a zygote started again meanwhile starts
+	 * at nice 19. */
+	if (pid > 0)
 		setpriority(PRIO_PROCESS, (id_t)pid, z->urgent ? 0 : 19);
 	pthread_mutex_unlock(&z->mu);
 }
