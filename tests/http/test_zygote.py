@@ -287,8 +287,11 @@ def test_forks_wait_at_low_priority_and_run_at_normal(zserver):
     # The zygote waits lowered too, but for the forks requests wait for
     # (test_a_busy_run_does_not_starve_the_zygote).
     assert zygotes and all(os.getpriority(os.PRIO_PROCESS, p) == waiting for p in zygotes)
+    # Two ready forks, and no run that has answered still going (its teardown follows the
+    # answer, at the normal priority).
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and zserver.get("/healthz").json()["poolReady"] < 2:
+    while time.monotonic() < deadline and (zserver.get("/healthz").json()["poolReady"] < 2
+                                           or len(children(zygotes[0])) != 2):
         time.sleep(0.1)
     ready = children(zygotes[0])
     ready += [kid for pid in ready for kid in children(pid)]
