@@ -663,9 +663,9 @@ WARMUPS = {
 }
 
 
-# Warm-ups each run does again before READY (warm_up). pandas': about 5 ms of CPU per run, and
-# a pandas script answers in half the time; numpy's matmul costs 2 ms and saves nothing seen.
-FORK_WARMUPS = ("pandas",)
+# Only the runner's own steps are warmed in each run: pandas' warm-up there halved a pandas
+# script's time with a pause between calls (8.4 -> 5 ms) but cost every run about 6 ms of CPU
+# and 3 MiB, a third of the throughput under load, for trivial and pandas scripts alike.
 WARM_SCRIPT = "def main():\n    return {'ok': [1, 2.5, None, True, 'x']}\n"
 
 
@@ -682,12 +682,6 @@ def warm_up(result_max):
     finally:
         sys.modules.pop(MODULE_NAME, None)
         linecache.cache.pop(FILENAME, None)
-    for name in FORK_WARMUPS:
-        if name in sys.modules:  # preloaded: no script has run yet
-            try:
-                exec(WARMUPS[name], {})
-            except Exception:
-                pass
 
 
 def preload(names):
