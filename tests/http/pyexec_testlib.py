@@ -495,3 +495,18 @@ def check_healthy(server):
     resp = server.execute(TRIVIAL_SCRIPT, http_timeout=30)
     expect_result(resp, 42, stdout="")
     assert server.alive()
+
+
+def busy_script(seconds, procs):
+    """A script whose `procs` processes (itself and its children) keep a CPU busy for
+    `seconds`; main() returns "busy"."""
+    return ("import os, time\ndef main():\n"
+            f"    end = time.monotonic() + {seconds}\n"
+            f"    for _ in range({procs - 1}):\n"
+            "        if os.fork() == 0:\n"
+            "            while time.monotonic() < end:\n"
+            "                pass\n"
+            "            os._exit(0)\n"
+            "    while time.monotonic() < end:\n"
+            "        pass\n"
+            "    return 'busy'\n")

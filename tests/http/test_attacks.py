@@ -20,6 +20,7 @@ from pyexec_testlib import (
     CANARY_VALUE,
     COUNT_MARKED,
     REPO_ROOT,
+    busy_script,
     check_healthy,
     expect_error,
     expect_ok,
@@ -1291,20 +1292,6 @@ def test_no_process_of_a_run_runs_once_the_init_ends_it(server):
     check_healthy(server)
 
 
-BUSY_FOR = """
-import os, time
-def main():
-    end = time.monotonic() + SECONDS
-    for _ in range(PROCS - 3):
-        if os.fork() == 0:
-            while time.monotonic() < end:
-                pass
-            os._exit(0)
-    while time.monotonic() < end:
-        pass
-    return "busy"
-"""
-
 LEAVES_CHILDREN = """
 import os, time
 def main():
@@ -1328,8 +1315,7 @@ def test_a_busy_run_does_not_keep_ended_runs_processes(server_factory):
     procs = 12
     srv = server_factory(fresh=True, PYEXEC_MAX_PROCS=str(procs))
     with concurrent.futures.ThreadPoolExecutor(1) as ex:
-        busy = ex.submit(srv.execute, BUSY_FOR.replace("SECONDS", "20")
-                         .replace("PROCS", str(procs)), 30)
+        busy = ex.submit(srv.execute, busy_script(20, procs - 2), 30)
         time.sleep(1)
         for i in range(30):
             if busy.done():

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from pyexec_testlib import local_tier
+from pyexec_testlib import busy_script, local_tier
 
 from test_zygote import expect_result, zygote_pids, zygote_state
 
@@ -385,20 +385,16 @@ def test_a_run_cannot_stop_or_kill_its_init_by_pidfd(zserver):
 
 # --- CPU ---------------------------------------------------------------------------------
 
-# As many busy processes as a run may have, for a while.
-BUSY = """
-import os, time
-def main():
-    end = time.monotonic() + SECONDS
-    for _ in range(26):
-        if os.fork() == 0:
-            while time.monotonic() < end:
-                pass
-            os._exit(0)
-    while time.monotonic() < end:
-        pass
-    return "busy"
-"""
+def beside_a_busy_run(srv, runs):
+    """`runs` trivial runs, one after another, while another run keeps 27 processes busy;
+    then the zygote must not have been replaced."""
+    with concurrent.futures.ThreadPoolExecutor(1) as ex:
+        busy = ex.submit(srv.execute, busy_script(8, 27), 20)
+        time.sleep(1)
+        for i in range(runs):
+            assert expect_result(srv.execute(f"def main():\n    return {i}\n")) == i
+        assert expect_result(busy.result()) == "busy"
+    assert zygote_state(srv) == {"up": True, "restarts": 0}
 
 
 @ZYGOTE_ONLY
@@ -409,15 +405,9 @@ def test_a_busy_run_does_not_starve_the_zygote(server_factory):
     timeout: that request waited the whole timeout, and the zygote, taken for stuck, was
     replaced. The forks start at the normal priority; those for the pool wait at nice 19."""
     srv = server_factory(fresh=True, PYEXEC_HEALTH_DETAILS="on", PYEXEC_START_TIMEOUT="2")
-    with concurrent.futures.ThreadPoolExecutor(1) as ex:
-        busy = ex.submit(srv.execute, BUSY.replace("SECONDS", "8"), 20)
-        time.sleep(1)
-        # The pool's forks are taken one after another while the busy run goes on: each next
-        # run needs a fork started under its load.
-        for i in range(4):
-            assert expect_result(srv.execute(f"def main():\n    return {i}\n")) == i
-        assert expect_result(busy.result()) == "busy"
-    assert zygote_state(srv) == {"up": True, "restarts": 0}
+    # The pool's forks are taken one after another while the busy run goes on: each next run
+    # needs a fork started under its load.
+    beside_a_busy_run(srv, 4)
     assert "zygote: it made no run within the start timeout" not in srv.log_tail(200)
 
 
@@ -428,13 +418,7 @@ def test_a_fork_a_request_waits_for_is_not_starved_by_a_busy_run(server_factory)
     nice 19 among a busy run's processes at nice 0 it took longer than the start timeout."""
     srv = server_factory(fresh=True, PYEXEC_HEALTH_DETAILS="on", PYEXEC_START_TIMEOUT="2",
                          PYEXEC_POOL="0")
-    with concurrent.futures.ThreadPoolExecutor(1) as ex:
-        busy = ex.submit(srv.execute, BUSY.replace("SECONDS", "8"), 20)
-        time.sleep(1)
-        for i in range(3):
-            assert expect_result(srv.execute(f"def main():\n    return {i}\n")) == i
-        assert expect_result(busy.result()) == "busy"
-    assert zygote_state(srv) == {"up": True, "restarts": 0}
+    beside_a_busy_run(srv, 3)
     log = srv.log_tail(200)
     assert "did not start within the start timeout" not in log, log
     assert "zygote: it made no run within the start timeout" not in log, log
