@@ -36,9 +36,8 @@ struct zygote {
 	int self;
 	struct proc *proc; /* its nsjail, through the supervisor; NULL while it is down */
 	unsigned long restarts;
-	unsigned
-	    urgent; /* forks a request waits for, under way: the zygote is not niced meanwhile */
-	int wake;   /* eventfd: stop */
+	unsigned urgent; /* forks requests wait for, under way (urgent_fork) */
+	int wake;        /* eventfd: stop */
 	/* What nsjail and the zygote say (its stderr): kept, and logged when it fails or dies,
 	 * as a one-shot jail's are; the server's log stays JSON. Only the keeper reads it. */
 	int err;
