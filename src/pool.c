@@ -6,7 +6,6 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -46,34 +45,6 @@ static void pool_wake(struct pool *p)
 	(void)!write(p->wake, &one, sizeof(one));
 }
 
-/* Waits on cv (a monotonic one) for at most `seconds`. */
-static void cond_wait_for(pthread_cond_t *cv, pthread_mutex_t *mu, double seconds)
-{
-	struct timespec until;
-
-	clock_gettime(CLOCK_MONOTONIC, &until);
-	until.tv_sec += (time_t)seconds;
-	until.tv_nsec += (long)((seconds - floor(seconds)) * 1e9);
-	if (until.tv_nsec >= 1000000000L) {
-		until.tv_sec++;
-		until.tv_nsec -= 1000000000L;
-	}
-	pthread_cond_timedwait(cv, mu, &until);
-}
-
-static int cond_init_monotonic(pthread_cond_t *cv)
-{
-	pthread_condattr_t a;
-	int rc = pthread_condattr_init(&a);
-
-	if (rc == 0)
-		rc = pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
-	if (rc == 0)
-		rc = pthread_cond_init(cv, &a);
-	pthread_condattr_destroy(&a);
-	return rc;
-}
-
 /* An empty slot no filler is starting, or -1 (lock held). */
 static int pool_empty_slot(struct pool *p)
 {
@@ -96,7 +67,8 @@ static void *pool_filler(void *arg)
 		struct err e;
 
 		if (i < 0 || now < p->retry_at) {
-			cond_wait_for(&p->need, &p->mu, i < 0 ? 1 : p->retry_at - now);
+			struct timespec until = clock_after(i < 0 ? 1 : p->retry_at - now);
+			pthread_cond_timedwait(&p->need, &p->mu, &until);
 			continue;
 		}
 		p->starting[i] = true;
@@ -264,7 +236,7 @@ struct pool *pool_new(struct jail *j, const struct pool_opts *o, struct metrics 
 	p->m = m;
 	pthread_mutex_init(&p->mu, NULL);
 	p->wake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	if (cond_init_monotonic(&p->need) != 0 || p->wake < 0 ||
+	if (clock_cond_init(&p->need) != 0 || p->wake < 0 ||
 	    pool_start_threads(p, o->fillers ? o->fillers : 1) < 0) {
 		err_set(e, 0, "config", "cannot start the pool: %s", strerror(errno));
 		if (p->wake >= 0)
