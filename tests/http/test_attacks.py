@@ -1232,14 +1232,16 @@ def main():
 # at once. output/a/ makes the init's walk take a while before it lists output/z/.
 OUTLIVES_THE_END = r'''
 import os, signal, time
+def wake(pids):
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except OSError:
+            pass
 def looper(pids_r):
     pids = [int(p) for p in os.read(pids_r, 512).split()]
     while True:
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGCONT)
-            except OSError:
-                pass
+        wake(pids)
 def watcher(pids_r):
     y = os.fork()
     if y == 0:
@@ -1248,11 +1250,7 @@ def watcher(pids_r):
     pids = [int(p) for p in os.read(pids_r, 512).split()]
     z = os.open("output/z", os.O_RDONLY | os.O_DIRECTORY)
     while True:
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGCONT)
-            except OSError:
-                pass
+        wake(pids)
         seen = os.waitid(os.P_PID, y, os.WSTOPPED | os.WEXITED | os.WNOHANG | os.WNOWAIT)
         if seen is not None:
             os.close(os.open("after-the-end", os.O_CREAT | os.O_WRONLY, 0o600, dir_fd=z))
