@@ -49,11 +49,13 @@ RUN set -eux; \
 WORKDIR /src
 COPY Makefile ./
 COPY src/ src/
+COPY init/ init/
 # Served by pyexecd and compiled into it (scripts/embed).
 COPY scripts/embed scripts/
 COPY docs/openapi.json docs/
 COPY web/ web/
-RUN make && install -m 0755 -s build/pyexecd /usr/local/bin/pyexecd
+RUN make && install -m 0755 -s build/pyexecd /usr/local/bin/pyexecd && \
+    install -D -m 0755 -s build/pyexec-init /usr/lib/pyexec/pyexec-init
 
 # --- the runtime's file tree -------------------------------------------------------------------
 # Debian's packages installed (tests/image/run.sh compares what imports here and in the image),
@@ -69,6 +71,7 @@ RUN set -eux; \
 FROM packages AS rootfs
 COPY --from=nsjail /usr/local/bin/nsjail /usr/local/bin/nsjail
 COPY --from=pyexecd /usr/local/bin/pyexecd /usr/local/bin/pyexecd
+COPY --from=pyexecd /usr/lib/pyexec/pyexec-init /usr/lib/pyexec/pyexec-init
 # pyexecd looks for these in /usr/lib/pyexec when it does not run from a checkout.
 COPY runner/runner.py runner/zygote.py config/nsjail.cfg config/nsjail-restricted.cfg config/seccomp.kafel \
      /usr/lib/pyexec/

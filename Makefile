@@ -29,7 +29,7 @@ ASSETS   := asset_openapi_json docs/openapi.json asset_playground_html web/playg
             asset_playground_js web/playground.js asset_playground_css web/playground.css
 GEN      := build/assets.c
 
-all: build/pyexecd
+all: build/pyexecd build/pyexec-init
 
 # The compiler and flags of the last build: a build with other flags (WERROR set or not)
 # rebuilds everything instead of reusing objects made without them.
@@ -39,10 +39,16 @@ build/flags: FORCE | build
 
 FORCE:
 
-build/pyexecd: $(SRCS) $(HDRS) $(GEN) build/flags | build
+# The zygote's runs' PID 1 (init/), which the server binds into the zygote's jail: built with
+# the server, whichever of its builds is asked for.
+INIT_SRCS := $(wildcard init/*.c) src/outdir.c src/buf.c
+build/pyexec-init: $(INIT_SRCS) $(wildcard init/*.h) $(HDRS) build/flags | build
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -iquote src -iquote init -o $@ $(INIT_SRCS)
+
+build/pyexecd: $(SRCS) $(HDRS) $(GEN) build/flags | build build/pyexec-init
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -iquote src -o $@ $(SRCS) $(GEN) $(LIBS)
 
-build-asan/pyexecd: $(SRCS) $(HDRS) $(GEN) build/flags | build-asan
+build-asan/pyexecd: $(SRCS) $(HDRS) $(GEN) build/flags | build-asan build/pyexec-init
 	$(CC) $(CPPFLAGS) -O1 -g $(SAN) $(WARN) -iquote src -o $@ $(SRCS) $(GEN) $(LIBS)
 
 build/unit: $(UNIT) $(LIB_SRCS) $(HDRS) $(GEN) tests/unit/unit.h build/flags | build
@@ -79,8 +85,8 @@ http: build/pyexecd build-asan/pyexecd
 CPPCHECK := cppcheck --enable=warning,style,performance,portability --std=c11 --inline-suppr \
 	--error-exitcode=1 --quiet -D_GNU_SOURCE -I src --suppress=missingIncludeSystem
 lint:
-	$(CPPCHECK) src/*.c
-	clang-tidy --quiet src/*.c -- -std=c11 -D_GNU_SOURCE -iquote src
+	$(CPPCHECK) -I init src/*.c init/*.c
+	clang-tidy --quiet src/*.c init/*.c -- -std=c11 -D_GNU_SOURCE -iquote src -iquote init
 
 # deploy/ checked without Google Cloud: deploy.sh against fake gcloud and docker commands.
 deploy-check:
@@ -111,7 +117,7 @@ check: build/unit build/pyexecd
 test check unit http stdlib-compat-fast: WERROR = -Werror
 
 format:
-	clang-format -i src/*.c src/*.h tests/unit/*.c
+	clang-format -i src/*.c src/*.h init/*.c init/*.h tests/unit/*.c
 
 clean:
 	rm -rf build build-asan build-fuzz

@@ -708,13 +708,20 @@ def start():
 
 
 def serve(result_fd, status_fd, result_max, output_caps, restricted):
-    """Steps 1 to 4 of the protocol, once this process is the jail's first: runner/zygote.py
-    calls it in each run it forks."""
+    """Steps 1 to 4 of the protocol, once this process is the jail's first."""
     if not restricted:
         # Root made the jail's user namespace, so the signals a run queues count against
         # root's quota on the host too (nsjail has no option for this one).
         resource.setrlimit(resource.RLIMIT_SIGPENDING, (SIGPENDING_MAX, SIGPENDING_MAX))
-    done_fd = hide_fd(become_init(status_fd, output_caps, restricted), 1)
+    serve_script(result_fd, become_init(status_fd, output_caps, restricted), result_max,
+                 not restricted)
+
+
+def serve_script(result_fd, done_fd, result_max, linger):
+    """Steps 1 to 3, in the script's process: runner/zygote.py calls it in each run it forks,
+    whose init (init/runinit.c) reads done_fd. With linger, the process waits to be killed
+    once its frame is written (tier full: its init ends the jail)."""
+    done_fd = hide_fd(done_fd, 1)
     result_fd = hide_fd(result_fd)
     warm_up(result_max)
     write_all(result_fd, b"READY\n")
@@ -736,7 +743,7 @@ def serve(result_fd, status_fd, result_max, output_caps, restricted):
         frame = error_frame(err)
     if os.getpid() != pid:
         _exit(0)  # a forked child came back: only the original process reports
-    finish(result_fd, done_fd, frame, not restricted)
+    finish(result_fd, done_fd, frame, linger)
 
 
 if __name__ == "__main__":

@@ -224,7 +224,7 @@ int cgroup_run_adopt(const struct cgroup *cg, const char *name, pid_t pid, unsig
 		if (set_in(cg->mem, name, "memory.swap.max", 0) < 0 && errno != ENOENT)
 			rc = -1;
 		rc |= set_in(cg->mem, name, "pids.max", procs);
-		return rc | set_in(cg->mem, name, "cgroup.procs", (unsigned long long)pid);
+		return rc | cgroup_run_join(cg, name, pid);
 	}
 	if (run_path(cg->pids, name, NULL, path, sizeof(path)) < 0 || make_dir(path) < 0)
 		return -1;
@@ -232,8 +232,17 @@ int cgroup_run_adopt(const struct cgroup *cg, const char *name, pid_t pid, unsig
 	if (cg->memsw)
 		rc |= set_in(cg->mem, name, "memory.memsw.limit_in_bytes", mem);
 	rc |= set_in(cg->pids, name, "pids.max", procs);
-	rc |= set_in(cg->mem, name, "cgroup.procs", (unsigned long long)pid);
-	return rc | set_in(cg->pids, name, "cgroup.procs", (unsigned long long)pid);
+	return rc | cgroup_run_join(cg, name, pid);
+}
+
+int cgroup_run_join(const struct cgroup *cg, const char *name, pid_t pid)
+{
+	if (cg->mode == CGROUP_NONE)
+		return 0;
+	if (cg->mode == CGROUP_V2)
+		return set_in(cg->mem, name, "cgroup.procs", (unsigned long long)pid);
+	return set_in(cg->mem, name, "cgroup.procs", (unsigned long long)pid) |
+	       set_in(cg->pids, name, "cgroup.procs", (unsigned long long)pid);
 }
 
 bool cgroup_run_hit_memory(const struct cgroup *cg, const char *name, unsigned long long limit)

@@ -32,6 +32,9 @@ int cgroup_run_create(const struct cgroup *cg, const char *name);
  * it (a zygote's run, which nsjail does not start). Returns -1 when any step fails. */
 int cgroup_run_adopt(const struct cgroup *cg, const char *name, pid_t pid, unsigned long long mem,
                      unsigned long procs);
+/* Moves one more process into the group cgroup_run_adopt made (the script's process of a zygote
+ * run, which is not its init's child). */
+int cgroup_run_join(const struct cgroup *cg, const char *name, pid_t pid);
 /* True when the run's group reached its memory limit (`limit` bytes): v2 counts OOM kills in
  * the group; v1 keeps only the peak usage, which reaches the limit when the kernel had to act. */
 bool cgroup_run_hit_memory(const struct cgroup *cg, const char *name, unsigned long long limit);

@@ -32,6 +32,8 @@ static const struct setting settings[] = {
     {"nsjail", "PYEXEC_NSJAIL", STR(nsjail), "",
      "nsjail binary (default: .local/bin/nsjail of the checkout, else found on PATH)"},
     {"runner", "PYEXEC_RUNNER", STR(runner), "", "runner.py (default: in-tree, else installed)"},
+    {"init", "PYEXEC_INIT", STR(init), "",
+     "pyexec-init, PID 1 of the zygote's runs (default: in-tree build/, else installed)"},
     {"jail-config", "PYEXEC_JAIL_CONFIG", STR(jail_config), "",
      "nsjail config (default: in-tree, else installed)"},
     {"seccomp", "PYEXEC_SECCOMP", STR(seccomp), "",
@@ -224,6 +226,9 @@ static int config_defaults(struct config *c, struct err *e)
 	if (!c->runner[0])
 		default_path(c->runner, sizeof(c->runner), "runner/runner.py",
 		             "/usr/lib/pyexec/runner.py");
+	if (!c->init[0])
+		default_path(c->init, sizeof(c->init), "build/pyexec-init",
+		             "/usr/lib/pyexec/pyexec-init");
 	if (!c->jail_config[0])
 		default_path(c->jail_config, sizeof(c->jail_config), "config/nsjail.cfg",
 		             "/usr/lib/pyexec/nsjail.cfg");

@@ -15,6 +15,7 @@ struct config {
 	char python[PATH_MAX];            /* interpreter used inside the jail */
 	char nsjail[PATH_MAX];            /* resolved on PATH when not given */
 	char runner[PATH_MAX];            /* runner.py bound read-only into the jail */
+	char init[PATH_MAX];              /* pyexec-init, the zygote's runs' PID 1 */
 	char jail_config[PATH_MAX];       /* nsjail protobuf-text config */
 	char seccomp[PATH_MAX];           /* kafel policy for the jail */
 	char restricted_config[PATH_MAX]; /* nsjail config of the restricted tier */

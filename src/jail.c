@@ -11,6 +11,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include "files.h"
 #include "filter.h"
 #include "landlock.h"
 #include "log.h"
@@ -244,6 +245,10 @@ static int jail_build(struct args *a, const struct jail *j, const struct config 
 static int zygote_build(struct args *a, const struct config *c, const char *py, const char *lib)
 {
 	char runner_dir[PATH_MAX], *policy = seccomp_text(c->seccomp, "zygote");
+	const struct files_limits out = {.out_files = c->output_files,
+	                                 .out_bytes = c->output_bytes,
+	                                 .path_max = c->path_max,
+	                                 .path_depth = c->path_depth};
 	int rc = 0;
 
 	if (!policy)
@@ -252,6 +257,7 @@ static int zygote_build(struct args *a, const struct config *c, const char *py, 
 	rc |= jail_add(a, "%s", c->nsjail);
 	rc |= full_args(a, c, py, lib);
 	rc |= jail_add(a, "--bindmount_ro=%s/zygote.py:/pyexec/zygote.py", dirname(runner_dir));
+	rc |= jail_add(a, "--bindmount_ro=%s:/pyexec/pyexec-init", c->init);
 	rc |= jail_add(a, "--rlimit_nproc=%lu", c->max_procs * (c->concurrency + c->pool + 4));
 	rc |= jail_add(a, "--rlimit_cpu=inf");
 	/* A run writes its uid maps there before it mounts a read-only /proc of its own. */
@@ -279,6 +285,7 @@ static int zygote_build(struct args *a, const struct config *c, const char *py, 
 	               c->path_depth);
 	rc |= jail_add(a, "%lu,%lu", c->max_procs, cpu_backstop(c));
 	rc |= jail_add(a, "%lu,%lu", c->tmp_mb, c->tmp_files);
+	rc |= jail_add(a, "%zu", files_records_max(&out));
 	free(policy);
 	return rc ? -1 : 0;
 }
@@ -411,6 +418,12 @@ static void zygote_start(struct jail *j, const struct config *c, const char *py,
 	};
 	struct err e;
 
+	if (access(c->init, X_OK) < 0) {
+		log_error("zygote: no pyexec-init at %s (PYEXEC_INIT; `make` builds it): every run "
+		          "starts a jail of its own",
+		          c->init);
+		return;
+	}
 	if (zygote_build(&j->zyg, c, py, lib) < 0) {
 		log_error("zygote: cannot build its command; every run starts a jail of its own");
 		return;

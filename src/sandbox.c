@@ -33,7 +33,7 @@ struct sandbox {
 	struct buf diag;                /* nsjail's own messages */
 	bool is_ready;
 	double started_at, ready_at;
-	pid_t procs[4]; /* nsjail, the jail's init, the runner: known once ready */
+	pid_t procs[4]; /* nsjail, the jail's init, the runner (a zygote run's: at adoption) */
 	unsigned nprocs;
 	char dir[PATH_MAX]; /* restricted tier: the run's working directory */
 	/* A zygote's run: readable once the zygote is gone, whose end ends the run too (then
@@ -121,10 +121,11 @@ struct sandbox *sandbox_prepare(int child[SPAWN_FDS], struct err *e)
 	return sb;
 }
 
-void sandbox_adopt(struct sandbox *sb, struct proc *proc, int holder)
+void sandbox_adopt(struct sandbox *sb, struct proc *proc, pid_t script, int holder)
 {
 	sb->proc = proc;
 	sb->holder = holder;
+	sb->procs[sb->nprocs++] = script;
 }
 
 void sandbox_discard(struct sandbox *sb)

@@ -59,10 +59,11 @@ struct sandbox *sandbox_start(struct supervisor *sup, char *const *argv,
  * child gets the process's ends of them, which the caller hands over and closes. NULL with e
  * filled. Until sandbox_adopt, only sandbox_discard may be called on it. */
 struct sandbox *sandbox_prepare(int child[SPAWN_FDS], struct err *e);
-/* Gives a prepared sandbox its process, which the supervisor took with sup_adopt, and holder:
- * -1 or a descriptor (owned from now on) that turns readable when the process the run depends
- * on (its zygote) is gone; the run then counts as lost, not as failed. */
-void sandbox_adopt(struct sandbox *sb, struct proc *proc, int holder);
+/* Gives a prepared sandbox its process, which the supervisor took with sup_adopt, the pid of
+ * its script's process (not a child of proc's: its priority is restored at the hand-over too),
+ * and holder: -1 or a descriptor (owned from now on) that turns readable when the process the
+ * run depends on (its zygote) is gone; the run then counts as lost, not as failed. */
+void sandbox_adopt(struct sandbox *sb, struct proc *proc, pid_t script, int holder);
 /* Frees a prepared sandbox that was never given a process. */
 void sandbox_discard(struct sandbox *sb);
 /* Reads what the jail sent before the hand-over. Returns 1 once the runner said it is ready,

@@ -34,6 +34,7 @@ struct zygote {
 	 * moment it dies, however late its nsjail exits; runs hold a copy, so that one that ends
 	 * without its init's report counts as lost. -1 while it is down. */
 	int self;
+	int spawner; /* a pidfd of its spawner (runner/zygote.py), which clones each run's init */
 	struct proc *proc; /* its nsjail, through the supervisor; NULL while it is down */
 	unsigned long restarts;
 	unsigned urgent; /* forks requests wait for, under way (urgent_fork) */
@@ -124,35 +125,37 @@ static pid_t pidfd_pid(int fd)
 	return p ? (pid_t)strtol(p + 5, NULL, 10) : -1;
 }
 
-/* One message that is word and carries one descriptor, a pidfd (the zygote's ready word, a
- * run's "P"); anything else is refused. Returns the pidfd, else -1. */
-static int recv_pidfd(int sock, const char *word)
+/* One message that is word and carries two descriptors, pidfds (the zygote's ready word: the
+ * zygote and its spawner; a run's "P": its init and its script's process); anything else is
+ * refused. Returns 0 with both in fds, else -1. */
+static int recv_pidfds(int sock, const char *word, int fds[2])
 {
-	char cbuf[CMSG_SPACE(sizeof(int))] = {0}, got[16] = {0};
+	char cbuf[CMSG_SPACE(sizeof(int) * 2)] = {0}, got[16] = {0};
 	struct iovec iov = {.iov_base = got, .iov_len = sizeof(got)};
 	struct msghdr m = {
 	    .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof(cbuf)};
 	struct cmsghdr *c;
 	ssize_t n = recvmsg(sock, &m, MSG_CMSG_CLOEXEC);
-	int fd = -1;
 
+	fds[0] = fds[1] = -1;
 	if (n < 0)
 		return -1;
 	c = CMSG_FIRSTHDR(&m);
 	if (c && c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS &&
-	    c->cmsg_len == CMSG_LEN(sizeof(int)))
-		memcpy(&fd, CMSG_DATA(c), sizeof(int));
+	    c->cmsg_len == CMSG_LEN(sizeof(int) * 2))
+		memcpy(fds, CMSG_DATA(c), sizeof(int) * 2);
 	if (n == (ssize_t)strlen(word) && memcmp(got, word, (size_t)n) == 0 &&
-	    !(m.msg_flags & (MSG_CTRUNC | MSG_TRUNC)) && pidfd_pid(fd) > 0)
-		return fd;
-	if (fd >= 0)
-		close(fd);
+	    !(m.msg_flags & (MSG_CTRUNC | MSG_TRUNC)) && pidfd_pid(fds[0]) > 0 &&
+	    pidfd_pid(fds[1]) > 0)
+		return 0;
+	close_fd(&fds[0]);
+	close_fd(&fds[1]);
 	return -1;
 }
 
-/* Starts one zygote and waits for its ready word, which carries a pidfd of the zygote itself;
- * fills ctl, self and proc (not under the lock: the caller publishes them). */
-static int start_one(struct zygote *z, int *ctl, int *self, struct proc **proc, struct err *e)
+/* Starts one zygote and waits for its ready word, which carries pidfds of the zygote itself and
+ * of its spawner; fills ctl, self[2] and proc (not under the lock: the caller publishes them). */
+static int start_one(struct zygote *z, int *ctl, int self[2], struct proc **proc, struct err *e)
 {
 	struct proc_opts o = {.tag = "zygote"};
 	int sv[2], filt[2] = {-1, -1}, errp[2] = {-1, -1}, fds[SPAWN_FDS];
@@ -188,8 +191,7 @@ static int start_one(struct zygote *z, int *ctl, int *self, struct proc **proc, 
 	filt[1] = -1;
 	if (!wait_readable(*ctl, proc_fd(*proc), z->o.start_timeout))
 		goto fail;
-	*self = recv_pidfd(*ctl, READY_WORD);
-	if (*self < 0)
+	if (recv_pidfds(*ctl, READY_WORD, self) < 0)
 		goto fail;
 	return 0;
 fail:
@@ -208,12 +210,13 @@ static void restart(struct zygote *z)
 	double backoff = 0.5;
 	struct proc *dead, *proc = NULL;
 	struct proc_end end;
-	int ctl = -1, self = -1;
+	int ctl = -1, self[2] = {-1, -1};
 	struct err e;
 
 	pthread_mutex_lock(&z->mu);
 	close_fd(&z->ctl);
 	close_fd(&z->self);
+	close_fd(&z->spawner);
 	dead = z->proc;
 	z->proc = NULL;
 	z->restarts++;
@@ -221,14 +224,14 @@ static void restart(struct zygote *z)
 	proc_end(dead, false, 0, &end);
 	log_json("WARNING", json_pack("{s:i,s:s}", "exitCode", end.status, "nsjail", last_words(z)),
 	         "zygote: it died; starting another (runs start in one-shot jails meanwhile)");
-	while (start_one(z, &ctl, &self, &proc, &e) < 0) {
+	while (start_one(z, &ctl, self, &proc, &e) < 0) {
 		log_error("%s; retrying in %g s", e.message, backoff);
 		if (readable(z->wake, (int)(backoff * 1000)))
 			return;
 		backoff = fmin(backoff * 2, BACKOFF_MAX);
 	}
 	pthread_mutex_lock(&z->mu);
-	z->ctl = ctl, z->self = self, z->proc = proc;
+	z->ctl = ctl, z->self = self[0], z->spawner = self[1], z->proc = proc;
 	pthread_mutex_unlock(&z->mu);
 	log_info("zygote: ready again");
 }
@@ -269,18 +272,20 @@ static int first_fork(struct zygote *z, struct err *e);
 struct zygote *zygote_new(const struct zygote_opts *o, struct err *e)
 {
 	struct zygote *z = calloc(1, sizeof(*z));
+	int self[2] = {-1, -1};
 
 	if (!z) {
 		err_set(e, 500, "internal", "out of memory");
 		return NULL;
 	}
 	z->o = *o;
-	z->ctl = z->self = z->err = -1;
+	z->ctl = z->self = z->spawner = z->err = -1;
 	pthread_mutex_init(&z->mu, NULL);
 	z->wake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (z->wake < 0 || filter_build_full(&z->filter, e) < 0 ||
-	    start_one(z, &z->ctl, &z->self, &z->proc, e) < 0)
+	    start_one(z, &z->ctl, self, &z->proc, e) < 0)
 		goto fail;
+	z->self = self[0], z->spawner = self[1];
 	if (first_fork(z, e) < 0)
 		goto fail;
 	if (pthread_create(&z->keeper, NULL, keeper_main, z) != 0) {
@@ -330,13 +335,16 @@ static void oom_first(pid_t pid)
  * first choice when memory runs out (the jail's /proc is read-only inside). A fork for the pool
  * yields to runs (sandbox_run restores the priority at the hand-over), even one forked while the
  * zygote had the normal priority for a request's (urgent_fork). */
-static int go_ahead(struct zygote *z, const char *tag, pid_t pid, int hs, bool for_pool,
+static int go_ahead(struct zygote *z, const char *tag, const pid_t pid[2], int hs, bool for_pool,
                     struct err *e)
 {
-	oom_first(pid);
-	if (for_pool && z->o.renice)
-		setpriority(PRIO_PROCESS, (id_t)pid, 19);
-	if (cgroup_run_adopt(z->o.cg, tag, pid, z->o.mem_bytes, z->o.max_procs) < 0)
+	for (int i = 0; i < 2; i++) {
+		oom_first(pid[i]);
+		if (for_pool && z->o.renice)
+			setpriority(PRIO_PROCESS, (id_t)pid[i], 19);
+	}
+	if (cgroup_run_adopt(z->o.cg, tag, pid[0], z->o.mem_bytes, z->o.max_procs) < 0 ||
+	    cgroup_run_join(z->o.cg, tag, pid[1]) < 0)
 		return err_set(e, 500, "internal", "zygote: cannot move the run into its cgroup %s",
 		               tag);
 	if (send(hs, "G", 1, MSG_NOSIGNAL) != 1)
@@ -365,31 +373,31 @@ static void end_if_stuck(int holder)
 	syscall(SYS_pidfd_send_signal, holder, SIGKILL, NULL, 0);
 }
 
-/* The zygote waits at nice 19 (its forks for the pool yield to runs) but for a fork a request
- * waits for: from the first such fork under way to the last, it has the normal priority, and
- * what it forks meanwhile inherits it. */
+/* The zygote and its spawner wait at nice 19 (their forks for the pool yield to runs) but for
+ * a fork a request waits for: from the first such fork under way to the last, they have the
+ * normal priority, and what they fork meanwhile inherits it. */
 static void urgent_fork(struct zygote *z, int delta)
 {
-	pid_t pid;
-
 	pthread_mutex_lock(&z->mu);
 	z->urgent = (unsigned)((int)z->urgent + delta);
-	pid = z->self >= 0 ? pidfd_pid(z->self) : -1;
 	/* Every time, not only at the first and the last: a zygote started again meanwhile starts
 	 * at nice 19. */
-	if (pid > 0)
-		setpriority(PRIO_PROCESS, (id_t)pid, z->urgent ? 0 : 19);
+	for (int i = 0; i < 2; i++) {
+		pid_t pid = pidfd_pid(i ? z->spawner : z->self);
+		if (pid > 0)
+			setpriority(PRIO_PROCESS, (id_t)pid, z->urgent ? 0 : 19);
+	}
 	pthread_mutex_unlock(&z->mu);
 }
 
 struct sandbox *zygote_fork(struct zygote *z, const char *tag, bool for_pool, struct err *e)
 {
-	int child[SPAWN_FDS], hs[2] = {-1, -1}, holder = -1, pidfd = -1;
+	int child[SPAWN_FDS], hs[2] = {-1, -1}, holder = -1, pidfd[2] = {-1, -1};
 	struct proc_opts o = z->o.run;
 	struct sandbox *sb = sandbox_prepare(child, e);
 	struct run_result r;
 	struct proc *proc;
-	pid_t pid = -1;
+	pid_t pid[2] = {-1, -1};
 	bool urgent = !for_pool && z->o.renice;
 
 	o.tag = tag;
@@ -407,29 +415,32 @@ struct sandbox *zygote_fork(struct zygote *z, const char *tag, bool for_pool, st
 	if (holder < 0)
 		err_set(e, 500, "internal", "zygote: it is down");
 	else if (wait_readable(hs[0], holder, z->o.start_timeout))
-		pidfd = recv_pidfd(hs[0], "P");
+		recv_pidfds(hs[0], "P", pidfd);
 	else if (!readable(holder, 0))
 		end_if_stuck(holder);
 	if (urgent)
 		urgent_fork(z, -1);
-	pid = pidfd >= 0 ? pidfd_pid(pidfd) : -1;
-	if (pid <= 0) {
+	pid[0] = pidfd_pid(pidfd[0]), pid[1] = pidfd_pid(pidfd[1]);
+	/* From here the script's process is known by its pid, as the init: it waits for the
+	 * go-ahead, and the init's end ends it. */
+	close_fd(&pidfd[1]);
+	if (pid[0] <= 0 || pid[1] <= 0) {
 		if (holder >= 0)
 			err_set(e, 500, "internal", "zygote: the run did not start");
-		close_fd(&pidfd), close_fd(&hs[0]), close_fd(&holder);
+		close_fd(&pidfd[0]), close_fd(&hs[0]), close_fd(&holder);
 		sandbox_discard(sb);
 		sup_abandon(&o);
 		return NULL;
 	}
 	/* From here the supervisor owns the run's PID 1: every end below kills it by its pidfd
 	 * and tears down its cgroup. */
-	proc = sup_adopt(z->o.sup, pid, pidfd, &o, e);
+	proc = sup_adopt(z->o.sup, pid[0], pidfd[0], &o, e);
 	if (!proc) {
 		close_fd(&hs[0]), close_fd(&holder);
 		sandbox_discard(sb);
 		return NULL;
 	}
-	sandbox_adopt(sb, proc, holder);
+	sandbox_adopt(sb, proc, pid[1], holder);
 	if (go_ahead(z, tag, pid, hs[0], for_pool, e) < 0) {
 		close_fd(&hs[0]);
 		sandbox_destroy(sb, &r);
@@ -497,6 +508,7 @@ void zygote_free(struct zygote *z)
 		proc_end(z->proc, true, 0, NULL);
 	close_fd(&z->ctl);
 	close_fd(&z->self);
+	close_fd(&z->spawner);
 	close_fd(&z->err);
 	if (z->wake >= 0)
 		close(z->wake);

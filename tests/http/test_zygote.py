@@ -291,12 +291,29 @@ def test_forks_wait_at_low_priority_and_run_at_normal(zserver):
     # answer, at the normal priority).
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and (zserver.get("/healthz").json()["poolReady"] < 2
-                                           or len(children(zygotes[0])) != 2):
+                                           or len(run_processes(zygotes[0])[1]) != 2):
         time.sleep(0.1)
-    ready = children(zygotes[0])
-    ready += [kid for pid in ready for kid in children(pid)]
-    assert len(ready) == 4, ready  # each fork's init and its script's process
-    assert all(os.getpriority(os.PRIO_PROCESS, p) == waiting for p in ready), ready
+    spawner, scripts, inits = run_processes(zygotes[0])
+    # Each fork's init (the spawner's clone) and its script's process (the zygote's fork).
+    assert len(spawner) == 1 and len(scripts) == 2 and len(inits) == 2, (scripts, inits)
+    waiting_now = spawner + scripts + inits
+    assert all(os.getpriority(os.PRIO_PROCESS, p) == waiting for p in waiting_now), waiting_now
+
+
+def run_processes(zygote):
+    """The zygote's spawner, its script processes and the spawner's clones (the runs' inits)."""
+    kids = children(zygote)
+    spawner = [kid for kid in kids if cmdline(kid).startswith(b"/pyexec/pyexec-init")]
+    inits = [kid for pid in spawner for kid in children(pid)]
+    return spawner, [kid for kid in kids if kid not in spawner], inits
+
+
+def cmdline(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
 
 
 def children(pid):
@@ -370,10 +387,10 @@ def test_runs_share_the_zygotes_scheduling_group(zserver):
         pytest.skip("the kernel groups no sessions for scheduling here")
     script = ("import os\ndef main():\n"
               "    return [open('/proc/self/autogroup').read().split()[0],"
-              " os.getpgid(0) == 1, os.getsid(0)]\n")
+              " os.getpgid(0) == os.getpid(), os.getsid(0)]\n")
     group, own_group, sid = expect_result(zserver.execute(script))
     with open(f"/proc/{zygote_pids(zserver)[0]}/autogroup") as f:
         assert group == f.read().split()[0]
-    # Its process group is its own (kill(0) reaches only the run); its session's leader is
-    # outside its pid namespace.
+    # Its process group is its own (kill(0) reaches only the run's script process and what it
+    # started); its session's leader is outside its pid namespace.
     assert own_group and sid == 0
