@@ -394,3 +394,42 @@ def test_runs_share_the_zygotes_scheduling_group(zserver):
     # Its process group is its own (kill(0) reaches only the run's script process and what it
     # started); its session's leader is outside its pid namespace.
     assert own_group and sid == 0
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return int(next(line for line in f if line.startswith("VmRSS:")).split()[1])
+
+
+def test_a_runs_init_is_a_small_c_process_not_a_copy_of_the_interpreter(server_factory):
+    """The only fork of the warm interpreter a run makes is its script's process: its PID 1 is
+    the spawner's clone, whose memory is a few hundred kilobytes, not the zygote's sixty
+    megabytes of page tables copied and freed again."""
+    srv = server_factory(fresh=True, PYEXEC_HEALTH_DETAILS="on", PYEXEC_POOL="2")
+    zygote = zygote_pids(srv)[0]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and len(run_processes(zygote)[2]) != 2:
+        time.sleep(0.1)
+    spawner, scripts, inits = run_processes(zygote)
+    assert len(inits) == 2 and len(scripts) == 2, (scripts, inits)
+    for init in inits:
+        assert os.readlink(f"/proc/{init}/exe").endswith("pyexec-init")
+        assert rss_kib(init) < 4096, rss_kib(init)
+    for script in scripts:
+        assert rss_kib(script) > 8 * rss_kib(inits[0])
+    # Inside, the script's process sees its init as PID 1.
+    script = ("def main():\n    return open('/proc/1/cmdline', 'rb').read().split(b'\\0')[0]"
+              ".decode()\n")
+    assert expect_result(srv.execute(script)) == "/pyexec/pyexec-init"
+
+
+def test_the_spawner_killed_from_outside_the_zygote_is_replaced(server_factory):
+    srv = server_factory(fresh=True, PYEXEC_HEALTH_DETAILS="on")
+    spawner = run_processes(zygote_pids(srv)[0])[0]
+    assert len(spawner) == 1, spawner
+    os.kill(spawner[0], signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and zygote_state(srv) != {"up": True, "restarts": 1}:
+        time.sleep(0.2)
+    assert zygote_state(srv) == {"up": True, "restarts": 1}
+    assert expect_result(srv.execute("def main():\n    return 9\n")) == 9
