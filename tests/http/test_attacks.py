@@ -919,8 +919,12 @@ def test_refused_frame_says_why_in_the_log(server):
     script = FORGE_OPEN_FDS.replace('{"status":"ok"}\\n"forged"', '{"status":"maybe"}\\n')
     script += "def main():\n    forge()\n    os._exit(0)\n"
     expect_script_error(server.execute(script), "result_not_json")
-    log = server.log_path.read_text()
-    assert "result frame was refused: header status is neither ok nor error" in log, log[-2000:]
+    want = "result frame was refused: header status is neither ok nor error"
+    # An external server's log reaches its file through a follower (docker logs -f): it may lag.
+    deadline = time.monotonic() + 5
+    while want not in (log := server.log_path.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert want in log, log[-2000:]
     check_healthy(server)
 
 
