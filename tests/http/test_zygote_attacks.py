@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from pyexec_testlib import busy_script, local_tier
+from pyexec_testlib import busy_script, expect_script_error, local_tier
 
 from test_zygote import expect_result, zygote_pids, zygote_state
 
@@ -422,3 +422,61 @@ def test_a_fork_a_request_waits_for_is_not_starved_by_a_busy_run(server_factory)
     log = srv.log_tail(200)
     assert "did not start within the start timeout" not in log, log
     assert "zygote: it made no run within the start timeout" not in log, log
+
+
+# --- The init's channels and the kernel's accounting ----------------------------------------
+
+# The done word is the runner's, written after the frame; a script that writes it first (its
+# descriptor is the one below the result channel's, at the top) ends only its own run, with an
+# error and no result, and nothing of it stays for the next.
+FORGED_DONE = """
+import os, resource, time
+def main():
+    os.makedirs("output", exist_ok=True)
+    open("output/early.txt", "w").write("x")
+    if os.fork() == 0:
+        while True:
+            time.sleep(0.01)
+    os.write(resource.getrlimit(resource.RLIMIT_NOFILE)[0] - 2, b"D")
+    time.sleep(2)
+    return "after the forged word"
+"""
+
+
+@ZYGOTE_ONLY
+def test_a_forged_done_word_ends_only_its_own_run_without_a_result(zserver):
+    before = zygote_state(zserver)
+    body = expect_script_error(zserver.execute(FORGED_DONE, timeout=10), "exception")
+    assert "before main() returned" in body["message"], body
+    assert "after the forged word" not in json.dumps(body), body
+    after = zserver.execute("import os\ndef main():\n    return [sorted(os.listdir('/tmp')), "
+                            "sorted(int(p) for p in os.listdir('/proc') if p.isdigit())]\n")
+    assert expect_result(after) == [[], [1, 2]]
+    assert zygote_state(zserver) == before
+
+
+# System V segments are memory no process's resident set shows: when they fill the run's
+# cgroup, the OOM killer may pick the init itself. Either way the answer is memory_limit, and
+# the segments go with the run's IPC namespace.
+SHM_FILL = """
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+libc.shmat.restype = ctypes.c_void_p
+def main():
+    for _ in range(64):
+        sid = libc.shmget(0, 32 << 20, 0o1600)
+        p = libc.shmat(sid, None, 0)
+        ctypes.memset(p, 1, 32 << 20)
+        libc.shmdt(ctypes.c_void_p(p))
+    return "not reached"
+"""
+
+
+@ZYGOTE_ONLY
+def test_memory_in_system_v_segments_is_a_memory_limit_and_goes_with_the_run(zserver):
+    before = zygote_state(zserver)
+    expect_script_error(zserver.execute(SHM_FILL, timeout=20), "memory_limit")
+    after = zserver.execute("def main():\n    return open('/proc/sysvipc/shm').read()"
+                            ".count('\\n')\n")
+    assert expect_result(after) == 1  # the header only
+    assert zygote_state(zserver) == before
