@@ -443,12 +443,39 @@ def main():
 """
 
 
+def run_children(srv):
+    """The processes under the runs' inits (the spawner's children) and script processes
+    (the zygote's other children), seen from the host: an idle pool run's have none, and a
+    finished run is gone with all of its jail."""
+    parents, cmds = {}, {}
+    for name in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                parents[int(name)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                cmds[int(name)] = f.read()
+        except (OSError, ValueError):
+            continue
+    zygote = zygote_pids(srv)[0]
+    spawners = [p for p, pp in parents.items() if pp == zygote and b"pyexec-init" in cmds[p]]
+    runs = {p for p, pp in parents.items() if pp == zygote or pp in spawners} - set(spawners)
+    return sorted(p for p, pp in parents.items() if pp in runs)
+
+
+def wait_no_leftovers(srv, seconds=10.0):
+    deadline = time.monotonic() + seconds
+    while run_children(srv) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert run_children(srv) == []
+
+
 @ZYGOTE_ONLY
 def test_a_forged_done_word_ends_only_its_own_run_without_a_result(zserver):
     before = zygote_state(zserver)
     body = expect_script_error(zserver.execute(FORGED_DONE, timeout=10), "exception")
     assert "before main() returned" in body["message"], body
     assert "after the forged word" not in json.dumps(body), body
+    wait_no_leftovers(zserver)
     after = zserver.execute("import os\ndef main():\n    return [sorted(os.listdir('/tmp')), "
                             "sorted(int(p) for p in os.listdir('/proc') if p.isdigit())]\n")
     assert expect_result(after) == [[], [1, 2]]
@@ -476,6 +503,7 @@ def main():
 def test_memory_in_system_v_segments_is_a_memory_limit_and_goes_with_the_run(zserver):
     before = zygote_state(zserver)
     expect_script_error(zserver.execute(SHM_FILL, timeout=20), "memory_limit")
+    wait_no_leftovers(zserver)
     after = zserver.execute("def main():\n    return open('/proc/sysvipc/shm').read()"
                             ".count('\\n')\n")
     assert expect_result(after) == 1  # the header only
