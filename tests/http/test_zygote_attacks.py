@@ -508,3 +508,36 @@ def test_memory_in_system_v_segments_is_a_memory_limit_and_goes_with_the_run(zse
                             ".count('\\n')\n")
     assert expect_result(after) == 1  # the header only
     assert zygote_state(zserver) == before
+
+
+# A run is a fork of the zygote and may read all of its copy of the zygote's memory: the
+# frames it was forked from included the zygote's table of the script processes in flight,
+# which named every other run's process (their pids in the zygote's jail: how many runs there
+# are and how many were started, other customers' activity).
+ZYGOTE_MEMORY = """
+import sys
+def main():
+    found, seen = [], set()
+    def look(o, depth):
+        if id(o) in seen or depth > 4:
+            return
+        seen.add(id(o))
+        if isinstance(o, dict):
+            found.extend(k for k in o if type(k) is int and k > 2)
+            for v in o.values():
+                look(v, depth + 1)
+        elif hasattr(o, "__dict__") and not isinstance(o, type) and type(o).__name__ != "module":
+            look(vars(o), depth + 1)
+    f = sys._getframe().f_back
+    while f:
+        look(f.f_locals, 0)
+        f = f.f_back
+    return sorted(set(found))
+"""
+
+
+@ZYGOTE_ONLY
+def test_a_run_finds_no_other_runs_process_in_the_zygotes_memory(zserver):
+    # The pool's forks are in flight at every fork: each one's table names them.
+    for _ in range(3):
+        assert expect_result(zserver.execute(ZYGOTE_MEMORY)) == []
