@@ -278,6 +278,8 @@ class Zygote:
             try:
                 pid = os.fork()
                 if pid == 0:
+                    # The other runs' processes are none of this one's business.
+                    self.exited.clear()
                     script_process([stdin, pipes["out"][1], stderr, result, pipes["done"][1],
                                     handshake], ns[:-1], self.cfg)
                 self.exited[pid] = os.dup(pipes["exited"][1])

@@ -215,14 +215,16 @@ static const char *const denied_full[] = {
     "fanotify_init",
 };
 
-/* No process of a run sets the scheduling of the run's init, pid 1 (config/seccomp.kafel,
- * pyexec_full): all of a run shares one uid, and a script that lowered its init's priority would
- * keep it, behind busy children, from the kill that follows its report. A process still sets
- * its own, by 0 or by its pid, as on a host (CPython's test_os does). */
+/* No process of a run sets the scheduling, CPU affinity or limits of the run's init, pid 1
+ * (config/seccomp.kafel, pyexec_full): all of a run shares one uid, and a script that lowered
+ * its init's priority would keep it, behind busy children, from the kill that follows its
+ * report; a CPU limit has the kernel kill it. A process still sets its own, by 0 or by its pid,
+ * as on a host (CPython's test_os does). */
 static int init_scheduling_refused(scmp_filter_ctx ctx)
 {
 	const int pid_first[] = {SCMP_SYS(sched_setscheduler), SCMP_SYS(sched_setattr),
-	                         SCMP_SYS(sched_setparam)};
+	                         SCMP_SYS(sched_setparam), SCMP_SYS(sched_setaffinity),
+	                         SCMP_SYS(prlimit64)};
 	int rc = 0;
 
 	for (size_t i = 0; i < sizeof(pid_first) / sizeof(*pid_first); i++)

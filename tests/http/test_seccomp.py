@@ -160,7 +160,7 @@ def test_policy_is_what_denies(server_factory, tmp_path, tier):
 
 
 OWN_SCHEDULING = '''
-import os
+import os, resource
 def main():
     out = {}
     def attempt(name, call):
@@ -180,6 +180,10 @@ def main():
     attempt("user", lambda: os.setpriority(os.PRIO_USER, 0, 19))
     attempt("init_policy", lambda: os.sched_setscheduler(1, os.SCHED_IDLE, os.sched_param(0)))
     attempt("init_param", lambda: os.sched_setparam(1, os.sched_param(0)))
+    attempt("init_affinity", lambda: os.sched_setaffinity(1, {0}))
+    attempt("init_limit", lambda: resource.prlimit(1, resource.RLIMIT_CPU, (1, 1)))
+    attempt("own_affinity", lambda: os.sched_setaffinity(os.getpid(), os.sched_getaffinity(0)))
+    attempt("own_limit", lambda: resource.prlimit(os.getpid(), resource.RLIMIT_CORE, (0, 0)))
     out["init_now"] = [os.sched_getscheduler(1), os.getpriority(os.PRIO_PROCESS, 1)]
     return out
 '''
@@ -188,8 +192,10 @@ def main():
 @pytest.mark.parametrize("zygote", ["on", "off"])
 def test_a_process_sets_only_its_own_scheduling(server_factory, tier, zygote):
     """All of a run shares one uid, so the kernel lets a script lower its init's priority: the
-    policy refuses it (test_attacks.py::test_no_user_code_runs_after_the_answer says why). A
-    process still sets its own, by 0 (os.nice) or by its pid (CPython's test_os)."""
+    policy refuses it (test_attacks.py::test_no_user_code_runs_after_the_answer says why), and
+    its CPU affinity (onto the CPU its busy children fill) and its limits (a CPU limit had the
+    kernel kill it; no open files, and its output/ went unreported). A process still sets its
+    own, by 0 (os.nice) or by its pid (CPython's test_os)."""
     if tier != "full":
         pytest.skip("the restricted tier's init is no pid namespace's; it kills by uid")
     srv = server_factory(fresh=True, PYEXEC_ZYGOTE=zygote)
@@ -197,5 +203,6 @@ def test_a_process_sets_only_its_own_scheduling(server_factory, tier, zygote):
     assert got == {"nice": "ok", "own": "ok", "own_policy": "ok", "own_pid": "ok",
                    "own_pid_policy": "ok", "init": EPERM,
                    "group": EPERM, "user": EPERM, "init_policy": EPERM, "init_param": EPERM,
-                   "init_now": [0, 0]}, got
+                   "init_affinity": EPERM, "init_limit": EPERM, "own_affinity": "ok",
+                   "own_limit": "ok", "init_now": [0, 0]}, got
     check_healthy(srv)

@@ -114,6 +114,16 @@ HARM = {
     "fills /tmp": "def main():\n    i = 0\n    try:\n        while True:\n"
                   "            open(f'/tmp/f{i}', 'wb').write(b'x' * (1 << 20))\n"
                   "            i += 1\n    except OSError as e:\n        return [i, e.errno]\n",
+    "leaves daemons that ignore signals and keep forking":
+        "import os, signal, time\ndef main():\n    for _ in range(4):\n"
+        "        if os.fork() == 0:\n            os.setsid()\n"
+        "            for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):\n"
+        "                signal.signal(s, signal.SIG_IGN)\n"
+        "            while True:\n                try:\n"
+        "                    if os.fork() == 0:\n                        time.sleep(60)\n"
+        "                except OSError:\n                    pass\n"
+        "                time.sleep(0.01)\n"
+        "    open('/tmp/left', 'w').write('x')\n    return 1\n",
     "kills every pid it can name": "import os\ndef main():\n    for p in range(1, 65536):\n"
                                    "        try:\n            os.kill(p, 9)\n"
                                    "        except OSError:\n            pass\n    return 1\n",

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from pyexec_testlib import busy_script, local_tier
+from pyexec_testlib import busy_script, expect_script_error, local_tier
 
 from test_zygote import expect_result, zygote_pids, zygote_state
 
@@ -422,3 +422,122 @@ def test_a_fork_a_request_waits_for_is_not_starved_by_a_busy_run(server_factory)
     log = srv.log_tail(200)
     assert "did not start within the start timeout" not in log, log
     assert "zygote: it made no run within the start timeout" not in log, log
+
+
+# --- The init's channels and the kernel's accounting ----------------------------------------
+
+# The done word is the runner's, written after the frame; a script that writes it first (its
+# descriptor is the one below the result channel's, at the top) ends only its own run, with an
+# error and no result, and nothing of it stays for the next.
+FORGED_DONE = """
+import os, resource, time
+def main():
+    os.makedirs("output", exist_ok=True)
+    open("output/early.txt", "w").write("x")
+    if os.fork() == 0:
+        while True:
+            time.sleep(0.01)
+    os.write(resource.getrlimit(resource.RLIMIT_NOFILE)[0] - 2, b"D")
+    time.sleep(2)
+    return "after the forged word"
+"""
+
+
+def run_children(srv):
+    """The processes under the runs' inits (the spawner's children) and script processes
+    (the zygote's other children), seen from the host: an idle pool run's have none, and a
+    finished run is gone with all of its jail."""
+    parents, cmds = {}, {}
+    for name in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                parents[int(name)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                cmds[int(name)] = f.read()
+        except (OSError, ValueError):
+            continue
+    zygote = zygote_pids(srv)[0]
+    spawners = [p for p, pp in parents.items() if pp == zygote and b"pyexec-init" in cmds[p]]
+    runs = {p for p, pp in parents.items() if pp == zygote or pp in spawners} - set(spawners)
+    return sorted(p for p, pp in parents.items() if pp in runs)
+
+
+def wait_no_leftovers(srv, seconds=10.0):
+    deadline = time.monotonic() + seconds
+    while run_children(srv) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert run_children(srv) == []
+
+
+@ZYGOTE_ONLY
+def test_a_forged_done_word_ends_only_its_own_run_without_a_result(zserver):
+    before = zygote_state(zserver)
+    body = expect_script_error(zserver.execute(FORGED_DONE, timeout=10), "exception")
+    assert "before main() returned" in body["message"], body
+    assert "after the forged word" not in json.dumps(body), body
+    wait_no_leftovers(zserver)
+    after = zserver.execute("import os\ndef main():\n    return [sorted(os.listdir('/tmp')), "
+                            "sorted(int(p) for p in os.listdir('/proc') if p.isdigit())]\n")
+    assert expect_result(after) == [[], [1, 2]]
+    assert zygote_state(zserver) == before
+
+
+# System V segments are memory no process's resident set shows: when they fill the run's
+# cgroup, the OOM killer may pick the init itself. Either way the answer is memory_limit, and
+# the segments go with the run's IPC namespace.
+SHM_FILL = """
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+libc.shmat.restype = ctypes.c_void_p
+def main():
+    for _ in range(64):
+        sid = libc.shmget(0, 32 << 20, 0o1600)
+        p = libc.shmat(sid, None, 0)
+        ctypes.memset(p, 1, 32 << 20)
+        libc.shmdt(ctypes.c_void_p(p))
+    return "not reached"
+"""
+
+
+@ZYGOTE_ONLY
+def test_memory_in_system_v_segments_is_a_memory_limit_and_goes_with_the_run(zserver):
+    before = zygote_state(zserver)
+    expect_script_error(zserver.execute(SHM_FILL, timeout=20), "memory_limit")
+    wait_no_leftovers(zserver)
+    after = zserver.execute("def main():\n    return open('/proc/sysvipc/shm').read()"
+                            ".count('\\n')\n")
+    assert expect_result(after) == 1  # the header only
+    assert zygote_state(zserver) == before
+
+
+# A run is a fork of the zygote and may read all of its copy of the zygote's memory: the
+# frames it was forked from included the zygote's table of the script processes in flight,
+# which named every other run's process (their pids in the zygote's jail: how many runs there
+# are and how many were started, other customers' activity).
+ZYGOTE_MEMORY = """
+import sys
+def main():
+    found, seen = [], set()
+    def look(o, depth):
+        if id(o) in seen or depth > 4:
+            return
+        seen.add(id(o))
+        if isinstance(o, dict):
+            found.extend(k for k in o if type(k) is int and k > 2)
+            for v in o.values():
+                look(v, depth + 1)
+        elif hasattr(o, "__dict__") and not isinstance(o, type) and type(o).__name__ != "module":
+            look(vars(o), depth + 1)
+    f = sys._getframe().f_back
+    while f:
+        look(f.f_locals, 0)
+        f = f.f_back
+    return sorted(set(found))
+"""
+
+
+@ZYGOTE_ONLY
+def test_a_run_finds_no_other_runs_process_in_the_zygotes_memory(zserver):
+    # The pool's forks are in flight at every fork: each one's table names them.
+    for _ in range(3):
+        assert expect_result(zserver.execute(ZYGOTE_MEMORY)) == []
