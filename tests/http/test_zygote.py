@@ -35,8 +35,8 @@ def zygote_state(srv):
     return resp.json()["zygote"]
 
 
-def zygote_pids(srv):
-    """srv's zygote (the interpreter its nsjail started), seen from the host."""
+def process_table():
+    """Every process's parent and command line, seen from the host."""
     parents, cmds = {}, {}
     for name in os.listdir("/proc"):
         try:
@@ -46,6 +46,12 @@ def zygote_pids(srv):
                 cmds[int(name)] = f.read()
         except (OSError, ValueError):
             continue
+    return parents, cmds
+
+
+def zygote_pids(srv):
+    """srv's zygote (the interpreter its nsjail started), seen from the host."""
+    parents, cmds = process_table()
     return [pid for pid, cmd in cmds.items()
             if b"zygote.py" in cmd and b"nsjail" in cmds.get(parents[pid], b"")
             and parents.get(parents[pid]) == srv.pid]

@@ -15,7 +15,7 @@ import pytest
 
 from pyexec_testlib import busy_script, expect_script_error, local_tier
 
-from test_zygote import expect_result, zygote_pids, zygote_state
+from test_zygote import expect_result, process_table, zygote_pids, zygote_state
 
 ZYGOTE_ONLY = pytest.mark.skipif(
     local_tier() == "restricted", reason="the restricted tier has no zygote: one-shot jails")
@@ -447,15 +447,7 @@ def run_children(srv):
     """The processes under the runs' inits (the spawner's children) and script processes
     (the zygote's other children), seen from the host: an idle pool run's have none, and a
     finished run is gone with all of its jail."""
-    parents, cmds = {}, {}
-    for name in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{name}/stat") as f:
-                parents[int(name)] = int(f.read().rsplit(")", 1)[1].split()[1])
-            with open(f"/proc/{name}/cmdline", "rb") as f:
-                cmds[int(name)] = f.read()
-        except (OSError, ValueError):
-            continue
+    parents, cmds = process_table()
     zygote = zygote_pids(srv)[0]
     spawners = [p for p, pp in parents.items() if pp == zygote and b"pyexec-init" in cmds[p]]
     runs = {p for p, pp in parents.items() if pp == zygote or pp in spawners} - set(spawners)
