@@ -34,7 +34,7 @@ struct zygote {
 	 * moment it dies, however late its nsjail exits; runs hold a copy, so that one that ends
 	 * without its init's report counts as lost. -1 while it is down. */
 	int self;
-	int spawner; /* a pidfd of its spawner (runner/zygote.py), which clones each run's init */
+	int spawner; /* a pidfd of its spawner (init/spawner.c), which clones each run's init */
 	struct proc *proc; /* its nsjail, through the supervisor; NULL while it is down */
 	unsigned long restarts;
 	unsigned urgent; /* forks requests wait for, under way (urgent_fork) */

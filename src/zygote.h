@@ -1,9 +1,10 @@
 /* zygote: tier full's warm interpreter. One nsjail jail per server runs runner/zygote.py, which
- * imports the preload set once and never runs user code; every run is a fork of it that takes
- * namespaces, limits and the full tier's seccomp filter of its own before the runner's protocol
- * starts (docs/security.md). The runs are not the server's children: each run's PID 1 sends a
- * pidfd of itself back over a socket of its own, the supervisor takes it (sup_adopt), and the
- * server moves it into its own cgroup before any of its code runs. A keeper thread restarts the
+ * imports the preload set once and never runs user code; every run's script process is a fork of
+ * it that takes namespaces, limits and the full tier's seccomp filter of its own before the
+ * runner's protocol starts, beside a small C init as the run's PID 1 (init/, docs/security.md).
+ * The runs are not the server's children: the script process sends pidfds of its init and of
+ * itself back over a socket of its own, the supervisor takes the init (sup_adopt), and the
+ * server moves both into the run's cgroup before any of its code runs. A keeper thread restarts the
  * zygote when it dies; meanwhile zygote_fork fails and the caller falls back to one-shot jails. */
 #ifndef PYEXEC_ZYGOTE_H
 #define PYEXEC_ZYGOTE_H
