@@ -315,8 +315,8 @@ def main():
     z = Zygote(cfg, spawner, spawner_pid)
     runner.preload(preload_names)
     sys.path.pop(0)
-    # numpy's threads may take the signal, and the main thread's wait would go on: it waits for
-    # the wake-up descriptor too.
+    # A preloaded module may start threads, and SIGCHLD may then reach one of them while the
+    # main thread waits, which would wait on: it waits for the wake-up descriptor too.
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)

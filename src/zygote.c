@@ -127,8 +127,8 @@ static pid_t pidfd_pid(int fd)
 
 /* One message that is word and carries two descriptors, pidfds (the zygote's ready word: the
  * zygote and its spawner; a run's "P": its init and its script's process); anything else is
- * refused. Returns 0 with both in fds, else -1. */
-static int recv_pidfds(int sock, const char *word, int fds[2])
+ * refused. Returns 0 with both in fds and the pids they stand for in pids, else -1. */
+static int recv_pidfds(int sock, const char *word, int fds[2], pid_t pids[2])
 {
 	char cbuf[CMSG_SPACE(sizeof(int) * 2)] = {0}, got[16] = {0};
 	struct iovec iov = {.iov_base = got, .iov_len = sizeof(got)};
@@ -138,6 +138,7 @@ static int recv_pidfds(int sock, const char *word, int fds[2])
 	ssize_t n = recvmsg(sock, &m, MSG_CMSG_CLOEXEC);
 
 	fds[0] = fds[1] = -1;
+	pids[0] = pids[1] = -1;
 	if (n < 0)
 		return -1;
 	c = CMSG_FIRSTHDR(&m);
@@ -145,11 +146,12 @@ static int recv_pidfds(int sock, const char *word, int fds[2])
 	    c->cmsg_len == CMSG_LEN(sizeof(int) * 2))
 		memcpy(fds, CMSG_DATA(c), sizeof(int) * 2);
 	if (n == (ssize_t)strlen(word) && memcmp(got, word, (size_t)n) == 0 &&
-	    !(m.msg_flags & (MSG_CTRUNC | MSG_TRUNC)) && pidfd_pid(fds[0]) > 0 &&
-	    pidfd_pid(fds[1]) > 0)
+	    !(m.msg_flags & (MSG_CTRUNC | MSG_TRUNC)) && (pids[0] = pidfd_pid(fds[0])) > 0 &&
+	    (pids[1] = pidfd_pid(fds[1])) > 0)
 		return 0;
 	close_fd(&fds[0]);
 	close_fd(&fds[1]);
+	pids[0] = pids[1] = -1;
 	return -1;
 }
 
@@ -158,6 +160,7 @@ static int recv_pidfds(int sock, const char *word, int fds[2])
 static int start_one(struct zygote *z, int *ctl, int self[2], struct proc **proc, struct err *e)
 {
 	struct proc_opts o = {.tag = "zygote"};
+	pid_t pids[2]; /* not kept: the pidfds are what the server holds */
 	int sv[2], filt[2] = {-1, -1}, errp[2] = {-1, -1}, fds[SPAWN_FDS];
 	int null_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
 	if (null_fd < 0 || socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0) {
@@ -191,7 +194,7 @@ static int start_one(struct zygote *z, int *ctl, int self[2], struct proc **proc
 	filt[1] = -1;
 	if (!wait_readable(*ctl, proc_fd(*proc), z->o.start_timeout))
 		goto fail;
-	if (recv_pidfds(*ctl, READY_WORD, self) < 0)
+	if (recv_pidfds(*ctl, READY_WORD, self, pids) < 0)
 		goto fail;
 	return 0;
 fail:
@@ -415,12 +418,11 @@ struct sandbox *zygote_fork(struct zygote *z, const char *tag, bool for_pool, st
 	if (holder < 0)
 		err_set(e, 500, "internal", "zygote: it is down");
 	else if (wait_readable(hs[0], holder, z->o.start_timeout))
-		recv_pidfds(hs[0], "P", pidfd);
+		recv_pidfds(hs[0], "P", pidfd, pid);
 	else if (!readable(holder, 0))
 		end_if_stuck(holder);
 	if (urgent)
 		urgent_fork(z, -1);
-	pid[0] = pidfd_pid(pidfd[0]), pid[1] = pidfd_pid(pidfd[1]);
 	/* From here the script's process is known by its pid, as the init: it waits for the
 	 * go-ahead, and the init's end ends it. */
 	close_fd(&pidfd[1]);
