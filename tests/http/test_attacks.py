@@ -26,6 +26,7 @@ from pyexec_testlib import (
     expect_ok,
     expect_result,
     expect_script_error,
+    local_tier,
 )
 
 MIB = 1024 * 1024
@@ -1396,3 +1397,34 @@ def test_no_user_code_runs_after_the_answer(server_factory):
             time.sleep(0.01)
         assert not ran, (attempt, said, ran)
     check_healthy(srv)
+
+
+INIT_BINARY = """
+import os, subprocess
+def main():
+    path = "/pyexec/pyexec-init"
+    if not os.path.exists(path):
+        return {"present": False}
+    try:
+        with open(path, "r+b") as f:
+            f.write(b"x")
+        written = "yes"
+    except OSError as exc:
+        written = exc.strerror
+    run = subprocess.run([path, "0", "1,1", "1,1,1,1", "1"], capture_output=True, timeout=5)
+    return {"present": True, "written": written, "exit": run.returncode,
+            "said": run.stderr.decode(errors="replace")[:200]}
+"""
+
+
+def test_the_bound_init_binary_gives_a_script_nothing(server):
+    """Tier full's zygote binds pyexec-init (its runs' PID 1) into its jail, so a run sees it:
+    read-only, and run by the script it is an unprivileged program that finds no seccomp program
+    on descriptor 0 and leaves. The restricted tier binds nothing of the kind."""
+    got = expect_ok(server.execute(INIT_BINARY))["result"]
+    if not got["present"]:
+        assert local_tier() == "restricted", got
+        return
+    assert got["written"] in ("Read-only file system", "Permission denied"), got
+    assert got["exit"] == 2 and "usage" in got["said"], got
+    check_healthy(server)
