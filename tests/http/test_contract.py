@@ -584,6 +584,34 @@ def test_memory_limit(small_server, script):
     expect_script_error(resp, "memory_limit")
 
 
+# The runner keeps address space back (RLIMIT_AS) so that it can still report a MemoryError.
+RESERVE = """import ctypes, sys
+def main():
+    frame = sys._getframe()
+    while frame is not None and 'ballast' not in frame.f_locals:
+        frame = frame.f_back
+    reserve = frame.f_locals['ballast']
+    view = (ctypes.c_char * 1).from_buffer(reserve)
+    at = ctypes.addressof(view)
+    del view
+    mapping = None
+    for line in open('/proc/self/smaps'):
+        head = line.split()[0]
+        if '-' in head and ':' not in head:
+            start, end = (int(x, 16) for x in head.split('-'))
+            mapping = start <= at < end
+        elif mapping and line.startswith('Rss:'):
+            return [len(reserve), int(line.split()[1])]
+"""
+
+
+def test_the_reserve_for_the_memory_report_costs_the_run_no_memory(server):
+    """Kept back, never touched: a ready run does not hold a megabyte of its own for it."""
+    size, rss_kib = expect_ok(server.execute(RESERVE))["result"]
+    assert size >= 1 << 20, size
+    assert rss_kib == 0, rss_kib
+
+
 def test_memory_within_limit_is_fine(server):
     # 100 MB, touched, under the default 512 MB
     script = "def main():\n    b = bytearray(100 * 1024 * 1024)\n    b[::4096] = b'x' * len(b[::4096])\n    return len(b)\n"
