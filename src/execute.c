@@ -9,8 +9,8 @@
 #include "pool.h"
 #include "sandbox.h"
 
-/* A ready jail from the pool, else one started now: never a wait longer than a start. busy
- * is set when none could start for want of a free run uid (restricted tier). */
+/* A jail started now for the request. busy is set when none could start for want of a free
+ * run uid (restricted tier). */
 static struct sandbox *sandbox_cold(const struct execute *x, const char *rid, bool *busy)
 {
 	struct run_result failed;
@@ -34,11 +34,22 @@ static struct sandbox *sandbox_cold(const struct execute *x, const char *rid, bo
 	return NULL;
 }
 
+/* A ready sandbox from the pool, else the first to be ready of the pool's and one started for
+ * this request. Without a pool (PYEXEC_POOL=0), one started for it. */
 static struct sandbox *sandbox_get(const struct execute *x, const char *rid, bool *busy)
 {
-	struct sandbox *sb = x->pool ? pool_take(x->pool) : NULL;
+	struct sandbox *sb;
 
-	return sb ? sb : sandbox_cold(x, rid, busy);
+	if (!x->pool || !x->cfg->pool)
+		return sandbox_cold(x, rid, busy);
+	if ((sb = pool_take(x->pool)) != NULL)
+		return sb;
+	/* The start's own deadlines end it first (the handshake's, then the pool's for READY):
+	 * this one is the backstop. */
+	sb = pool_take_wait(x->pool, 2 * x->cfg->start_timeout, busy);
+	if (!sb)
+		log_error("request %s: no jail became ready for it", rid);
+	return sb;
 }
 
 long execute_job(const struct execute *x, const struct job *job, int client_fd, struct response *r,

@@ -97,6 +97,11 @@ static bool can_renice(void)
 	return cap && (strtoull(cap + 7, NULL, 16) >> 23) & 1; /* CAP_SYS_NICE */
 }
 
+bool jail_renices(void)
+{
+	return can_renice();
+}
+
 /* The policy file defines the policies; the statement that picks the tier's comes last. Comments
  * and indentation are dropped: the text travels on nsjail's command line. */
 static char *seccomp_text(const char *path, const char *policy)

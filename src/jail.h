@@ -45,6 +45,9 @@ bool jail_users_stats(struct jail *j, struct runusers_stats *s);
 /* Tier full with the zygote: whether it is up and how often it was restarted; false when
  * runs are one-shot jails. */
 bool jail_zygote_stats(struct jail *j, bool *up, unsigned long *restarts);
+/* Whether jails for the pool wait at nice 19: only a server that can give a run its priority
+ * back (CAP_SYS_NICE) lowers them. */
+bool jail_renices(void);
 /* Ends what the jail runs itself (the zygote, and with it its runs); before supervisor_stop. */
 void jail_stop(struct jail *j);
 /* Calls jail_stop; the supervisor must still run when the jail has a zygote. */

@@ -24,6 +24,7 @@ struct pool {
 	struct jail *jail;
 	unsigned size;
 	double max_age, start_timeout;
+	bool renice;
 	struct sandbox *sbs[POOL_MAX]; /* NULL: empty slot */
 	bool ready[POOL_MAX];
 	bool starting[POOL_MAX]; /* a filler is starting this slot's sandbox */
@@ -31,6 +32,14 @@ struct pool {
 	 * handshake and the kernel's cgroup move), so one at a time could not keep up with one
 	 * client calling in a loop. */
 	pthread_cond_t need; /* an empty slot, or stopping */
+	/* A request that finds none ready has one started for it, by a thread of its own, into a
+	 * slot from `size` on, and takes whichever sandbox is ready first: the pool's are further
+	 * along than its own, which then waits here for the next request. */
+	pthread_cond_t ready_cv; /* one became ready or failed, an extra start ended, or stopping */
+	unsigned extra_starting;   /* extra starts under way (each a detached thread) */
+	unsigned long failures;    /* extra starts that failed, for waiters to notice (the pool's
+	                            * own may fail slowly at nice 19 behind a busy run) */
+	unsigned long busy_starts; /* of those, for want of a run uid (restricted tier) */
 	pthread_t fillers[POOL_FILLERS_MAX];
 	unsigned nfillers;
 	unsigned n_ready;
@@ -113,6 +122,10 @@ static void pool_drop(struct pool *p, unsigned i, const char *why)
 	pthread_mutex_unlock(&p->mu);
 	sandbox_destroy(sb, &r);
 	pthread_mutex_lock(&p->mu);
+	if (!was_ready && i >= p->size) {
+		p->failures++;
+		pthread_cond_broadcast(&p->ready_cv);
+	}
 	if (!was_ready && strcmp(why, "expired") != 0)
 		pool_failed_start(p, &r);
 	else
@@ -128,6 +141,10 @@ static void pool_event(struct pool *p, unsigned i)
 		p->n_ready++;
 		p->backoff = 0;
 		metrics_jail_start(p->m, sandbox_start_seconds(p->sbs[i]));
+		/* One started for a request that took another waits like the pool's own. */
+		if (i >= p->size && p->renice)
+			sandbox_renice(p->sbs[i], 19);
+		pthread_cond_broadcast(&p->ready_cv);
 	} else if (rc < 0) {
 		pool_drop(p, i, p->ready[i] ? "died" : "failed");
 	}
@@ -139,7 +156,7 @@ static double pool_expire(struct pool *p)
 {
 	double next = 1.0;
 
-	for (unsigned i = 0; i < p->size; i++) {
+	for (unsigned i = 0; i < POOL_MAX; i++) {
 		if (!p->sbs[i])
 			continue;
 		double limit = p->ready[i] ? p->max_age : p->start_timeout;
@@ -167,20 +184,20 @@ static void *pool_main(void *arg)
 		wait = pool_expire(p);
 		if (p->retry_at > clock_now())
 			wait = fmin(wait, p->retry_at - clock_now());
-		for (unsigned i = 0; i < p->size; i++) {
+		for (unsigned i = 0; i < POOL_MAX; i++) {
 			seen[i] = p->sbs[i];
 			pfd[i + 1] = (struct pollfd){.fd = seen[i] ? sandbox_fd(seen[i]) : -1,
 			                             .events = POLLIN};
 		}
 		pthread_mutex_unlock(&p->mu);
-		poll(pfd, p->size + 1, (int)ceil(wait * 1000));
+		poll(pfd, POOL_MAX + 1, (int)ceil(wait * 1000));
 		pthread_mutex_lock(&p->mu);
 		if (pfd[0].revents) {
 			uint64_t n;
 			(void)!read(p->wake, &n, sizeof(n));
 		}
 		/* A slot taken meanwhile belongs to a request now: leave it alone. */
-		for (unsigned i = 0; i < p->size; i++)
+		for (unsigned i = 0; i < POOL_MAX; i++)
 			if (pfd[i + 1].revents && p->sbs[i] && p->sbs[i] == seen[i])
 				pool_event(p, i);
 	}
@@ -194,12 +211,17 @@ static void pool_stop_threads(struct pool *p, bool main_started)
 	pthread_mutex_lock(&p->mu);
 	p->stopping = true;
 	pthread_cond_broadcast(&p->need);
+	pthread_cond_broadcast(&p->ready_cv);
 	pool_wake(p);
 	pthread_mutex_unlock(&p->mu);
 	if (main_started)
 		pthread_join(p->thread, NULL);
 	for (unsigned i = 0; i < p->nfillers; i++)
 		pthread_join(p->fillers[i], NULL);
+	pthread_mutex_lock(&p->mu);
+	while (p->extra_starting)
+		pthread_cond_wait(&p->ready_cv, &p->mu);
+	pthread_mutex_unlock(&p->mu);
 }
 
 static int pool_start_threads(struct pool *p, unsigned fillers)
@@ -233,15 +255,17 @@ struct pool *pool_new(struct jail *j, const struct pool_opts *o, struct metrics 
 	p->size = j ? o->size : 0;
 	p->max_age = o->max_age;
 	p->start_timeout = o->start_timeout;
+	p->renice = o->renice;
 	p->m = m;
 	pthread_mutex_init(&p->mu, NULL);
 	p->wake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	if (clock_cond_init(&p->need) != 0 || p->wake < 0 ||
+	if (clock_cond_init(&p->need) != 0 || clock_cond_init(&p->ready_cv) != 0 || p->wake < 0 ||
 	    pool_start_threads(p, o->fillers ? o->fillers : 1) < 0) {
 		err_set(e, 0, "config", "cannot start the pool: %s", strerror(errno));
 		if (p->wake >= 0)
 			close(p->wake);
 		pthread_cond_destroy(&p->need);
+		pthread_cond_destroy(&p->ready_cv);
 		pthread_mutex_destroy(&p->mu);
 		free(p);
 		return NULL;
@@ -254,33 +278,127 @@ static int pool_oldest_ready(struct pool *p)
 {
 	int best = -1;
 
-	for (unsigned i = 0; i < p->size; i++)
+	for (unsigned i = 0; i < POOL_MAX; i++)
 		if (p->sbs[i] && p->ready[i] &&
 		    (best < 0 || sandbox_started_at(p->sbs[i]) < sandbox_started_at(p->sbs[best])))
 			best = (int)i;
 	return best;
 }
 
+/* Detaches the oldest ready sandbox, or returns NULL (lock held). */
+static struct sandbox *pool_detach_ready(struct pool *p)
+{
+	struct sandbox *sb;
+	int best = pool_oldest_ready(p);
+
+	if (best < 0)
+		return NULL;
+	sb = p->sbs[best];
+	p->sbs[best] = NULL;
+	p->n_ready--;
+	pthread_cond_signal(&p->need);
+	return sb;
+}
+
+/* One that died a moment ago is not handed a script: true once it is ended. */
+static bool pool_discard_dead(struct pool *p, struct sandbox *sb)
+{
+	struct run_result r;
+
+	if (sandbox_alive(sb))
+		return false;
+	sandbox_destroy(sb, &r);
+	metrics_jail_event(p->m, "died");
+	return true;
+}
+
 struct sandbox *pool_take(struct pool *p)
 {
-	struct sandbox *sb = NULL;
-	int best;
+	struct sandbox *sb;
 
 	pthread_mutex_lock(&p->mu);
-	if ((best = pool_oldest_ready(p)) >= 0) {
-		sb = p->sbs[best];
-		p->sbs[best] = NULL;
-		p->n_ready--;
-		pthread_cond_signal(&p->need);
+	sb = pool_detach_ready(p);
+	pthread_mutex_unlock(&p->mu);
+	if (sb && pool_discard_dead(p, sb))
+		return pool_take(p);
+	return sb;
+}
+
+/* Puts sb into a free slot from `size` on (lock held); -1 when there is none. */
+static int pool_put_extra(struct pool *p, struct sandbox *sb)
+{
+	for (unsigned i = p->size; i < POOL_MAX; i++) {
+		if (p->sbs[i] || p->starting[i])
+			continue;
+		p->sbs[i] = sb;
+		p->ready[i] = false;
+		pool_wake(p); /* the pool thread watches it from now on */
+		return 0;
+	}
+	return -1;
+}
+
+/* A start for a waiting request, at the normal priority. */
+static void *pool_extra_start(void *arg)
+{
+	struct pool *p = arg;
+	struct err e;
+	struct sandbox *sb = jail_start(p->jail, false, &e);
+	struct run_result r;
+
+	pthread_mutex_lock(&p->mu);
+	if (!sb) {
+		log_error("pool: a start for a waiting request failed: %s", e.message);
+		p->failures++;
+		p->busy_starts += e.status == 503;
+	} else if (!p->stopping && pool_put_extra(p, sb) == 0) {
+		sb = NULL;
 	}
 	pthread_mutex_unlock(&p->mu);
-	/* One that died a moment ago is not handed a script: end it and try the next. */
-	if (sb && !sandbox_alive(sb)) {
-		struct run_result r;
+	if (sb) /* the pool is stopping or full */
 		sandbox_destroy(sb, &r);
-		metrics_jail_event(p->m, "died");
-		return pool_take(p);
+	pthread_mutex_lock(&p->mu);
+	p->extra_starting--;
+	pthread_cond_broadcast(&p->ready_cv);
+	pthread_mutex_unlock(&p->mu);
+	return NULL;
+}
+
+/* Starts one sandbox for a waiting request (lock held); false if no thread could start. */
+static bool pool_start_extra(struct pool *p)
+{
+	pthread_attr_t attr;
+	pthread_t t;
+	bool ok;
+
+	if (pthread_attr_init(&attr) != 0)
+		return false;
+	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+	ok = pthread_create(&t, &attr, pool_extra_start, p) == 0;
+	pthread_attr_destroy(&attr);
+	p->extra_starting += ok;
+	return ok;
+}
+
+struct sandbox *pool_take_wait(struct pool *p, double seconds, bool *busy)
+{
+	struct timespec until = clock_after(seconds);
+	struct sandbox *sb = NULL;
+	unsigned long failures, busy_starts;
+
+	*busy = false;
+	pthread_mutex_lock(&p->mu);
+	failures = p->failures;
+	busy_starts = p->busy_starts;
+	if (!p->stopping && pool_start_extra(p)) {
+		while (!p->stopping && !(sb = pool_detach_ready(p)) && p->failures == failures)
+			if (pthread_cond_timedwait(&p->ready_cv, &p->mu, &until) == ETIMEDOUT)
+				break;
+		*busy = !sb && p->busy_starts != busy_starts;
 	}
+	pthread_mutex_unlock(&p->mu);
+	if (sb && pool_discard_dead(p, sb))
+		return pool_take_wait(p, seconds, busy);
 	return sb;
 }
 
@@ -299,7 +417,8 @@ unsigned pool_starting(struct pool *p)
 	unsigned n = 0;
 
 	pthread_mutex_lock(&p->mu);
-	for (unsigned i = 0; i < p->size; i++)
+	n = p->extra_starting;
+	for (unsigned i = 0; i < POOL_MAX; i++)
 		n += p->starting[i] || (p->sbs[i] && !p->ready[i]);
 	pthread_mutex_unlock(&p->mu);
 	return n;
@@ -310,7 +429,7 @@ void pool_free(struct pool *p)
 	if (!p)
 		return;
 	pool_stop_threads(p, true);
-	for (unsigned i = 0; i < p->size; i++) {
+	for (unsigned i = 0; i < POOL_MAX; i++) {
 		struct run_result r;
 		if (!p->sbs[i])
 			continue;
@@ -318,6 +437,7 @@ void pool_free(struct pool *p)
 	}
 	close(p->wake);
 	pthread_cond_destroy(&p->need);
+	pthread_cond_destroy(&p->ready_cv);
 	pthread_mutex_destroy(&p->mu);
 	free(p);
 }

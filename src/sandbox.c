@@ -231,6 +231,12 @@ bool sandbox_alive(struct sandbox *sb)
 	return true;
 }
 
+void sandbox_renice(struct sandbox *sb, int nice)
+{
+	for (unsigned i = 0; i < sb->nprocs; i++)
+		setpriority(PRIO_PROCESS, (id_t)sb->procs[i], nice);
+}
+
 int sandbox_wait_ready(struct sandbox *sb, double seconds)
 {
 	double deadline = clock_now() + seconds;
@@ -424,8 +430,7 @@ void sandbox_run(struct sandbox *sb, const struct run_spec *s, struct run_result
 	r->end = RUN_EXITED;
 	io.deadline = handover + s->timeout;
 	/* A pool jail waited at low priority; the script runs at the normal one. */
-	for (unsigned i = 0; i < sb->nprocs; i++)
-		setpriority(PRIO_PROCESS, (id_t)sb->procs[i], 0);
+	sandbox_renice(sb, 0);
 	while (sb->out >= 0 || sb->err >= 0 || sb->chan >= 0 || sb->status >= 0) {
 		if (io.init_status >= 0 && !io.killed)
 			break; /* the script's process is gone */

@@ -73,6 +73,8 @@ int sandbox_check(struct sandbox *sb);
 bool sandbox_alive(struct sandbox *sb);
 /* Blocks until ready; returns 0, or -1 on death or when `seconds` pass. */
 int sandbox_wait_ready(struct sandbox *sb, double seconds);
+/* Gives its processes known so far this nice value. */
+void sandbox_renice(struct sandbox *sb, int nice);
 /* The descriptor to poll for sandbox_check. */
 int sandbox_fd(const struct sandbox *sb);
 /* Monotonic seconds at which it was started. */

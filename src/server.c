@@ -32,7 +32,8 @@ static struct pool_opts pool_opts(struct jail *j, const struct config *c)
 	return (struct pool_opts){.size = (unsigned)c->pool,
 	                          .fillers = zygote ? 4 : 1,
 	                          .max_age = c->pool_max_age,
-	                          .start_timeout = c->start_timeout};
+	                          .start_timeout = c->start_timeout,
+	                          .renice = jail_renices()};
 }
 
 int server_init(struct server *s, const struct config *c, struct err *e)
