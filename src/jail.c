@@ -202,9 +202,10 @@ static unsigned long cpu_backstop(const struct config *c)
 static int jail_build(struct args *a, const struct jail *j, const struct config *c, const char *py,
                       const char *lib, const char *policy, bool for_pool)
 {
-	/* A pool jail may also wait up to its maximum age for a script. */
+	/* A pool jail may also wait up to its maximum age for a script; with a pool, so may one
+	 * started for a request, when the request takes another (pool_take_wait). */
 	unsigned long cpu = cpu_backstop(c);
-	unsigned long wall = cpu + (for_pool ? (unsigned long)ceil(c->pool_max_age) : 0);
+	unsigned long wall = cpu + (for_pool || c->pool ? (unsigned long)ceil(c->pool_max_age) : 0);
 	bool full = j->tier == JAIL_FULL;
 	int rc = 0;
 

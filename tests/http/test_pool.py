@@ -298,3 +298,34 @@ def test_metrics_parse_and_move(server_factory):
     assert after[inf] == after["pyexec_run_seconds_count"]
     resp = srv.request("POST", "/metrics")
     expect_error(resp, 405, "method_not_allowed")
+
+
+def test_a_jail_started_for_a_waiting_request_lives_as_long_as_the_pools(server_factory):
+    """A request that finds none ready has a jail started for it; when it takes another, that
+    one waits in the pool for a later request. Its backstop wall-clock limit must allow for the
+    wait, like the pool's own: else a later run on it is killed before its timeout."""
+    # One-shot jails (the zygote's forks carry no wall-clock backstop). The cold jail's
+    # backstop is max timeout + start timeout + 5 = 10 s.
+    srv = pool_server(server_factory, PYEXEC_POOL="1", PYEXEC_ZYGOTE="off", PYEXEC_PRELOAD="",
+                      PYEXEC_CONCURRENCY="4", PYEXEC_MAX_TIMEOUT="3", PYEXEC_TIMEOUT="3",
+                      PYEXEC_START_TIMEOUT="2", PYEXEC_HEALTH_DETAILS="on")
+    quick = "def main():\n    return 1\n"
+    with concurrent.futures.ThreadPoolExecutor(4) as ex:
+        for _ in range(5):  # a burst that leaves a jail started for a request in the pool
+            wait_ready(srv)
+            t0 = time.monotonic()
+            for f in [ex.submit(srv.execute, quick) for _ in range(4)]:
+                expect_result(f.result(), 1)
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and srv.get("/healthz").json()["poolReady"] < 2:
+                time.sleep(0.05)
+            ready = srv.get("/healthz").json()["poolReady"]
+            if ready >= 2:
+                break
+        assert ready >= 2, ready
+        # Handed over 9 s after its start (its backstop still a second away), each ready jail
+        # runs a script for 2.9 s of its 3.
+        time.sleep(max(0.0, t0 + 9 - time.monotonic()))
+        runs = [ex.submit(srv.execute, SLEEP.format(s=2.9), timeout=3) for _ in range(ready)]
+        for f in runs:
+            expect_result(f.result(), "slept")
