@@ -740,7 +740,10 @@ def serve_script(result_fd, done_fd, result_max, linger):
         if err.code == "memory_limit":
             # Drop everything the script held (its traceback keeps its frames alive).
             err.exc = None
-            ballast.close()
+            try:
+                ballast.close()
+            except Exception:  # the script reached it and keeps a view of it (or replaced it)
+                pass
             sys.modules.pop(MODULE_NAME, None)
             gc.collect()
         frame = error_frame(err)

@@ -612,6 +612,23 @@ def test_the_reserve_for_the_memory_report_costs_the_run_no_memory(server):
     assert rss_kib == 0, rss_kib
 
 
+HOLD_RESERVE = """import sys
+def main():
+    global view
+    frame = sys._getframe()
+    while frame is not None and 'ballast' not in frame.f_locals:
+        frame = frame.f_back
+    view = memoryview(frame.f_locals['ballast'])
+    raise MemoryError()
+"""
+
+
+def test_a_script_holding_the_reserve_still_gets_its_memory_report(server):
+    """A script may reach the runner's reserve and keep a view of it (a mapping with a view
+    cannot be closed): its MemoryError is still reported as memory_limit, not a crash."""
+    expect_script_error(server.execute(HOLD_RESERVE), "memory_limit")
+
+
 def test_memory_within_limit_is_fine(server):
     # 100 MB, touched, under the default 512 MB
     script = "def main():\n    b = bytearray(100 * 1024 * 1024)\n    b[::4096] = b'x' * len(b[::4096])\n    return len(b)\n"
