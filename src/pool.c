@@ -36,9 +36,9 @@ struct pool {
 	 * slot from `size` on, and takes whichever sandbox is ready first: the pool's are further
 	 * along than its own, which then waits here for the next request. */
 	pthread_cond_t ready_cv; /* one became ready or failed, an extra start ended, or stopping */
-	unsigned extra_starting;   /* extra starts under way (each a detached thread) */
-	unsigned long failures;    /* extra starts that failed, for waiters to notice (the pool's
-	                            * own may fail slowly at nice 19 behind a busy run) */
+	unsigned extra_starting; /* extra starts under way (each a detached thread) */
+	unsigned long failures;  /* extra starts that failed, for waiters to notice (the pool's
+	                          * own may fail slowly at nice 19 behind a busy run) */
 	unsigned long busy_starts; /* of those, for want of a run uid (restricted tier) */
 	pthread_t fillers[POOL_FILLERS_MAX];
 	unsigned nfillers;
@@ -380,6 +380,17 @@ static bool pool_start_extra(struct pool *p)
 	return ok;
 }
 
+/* Extra starts that may still become ready: under way, or in the pool and not ready yet (lock
+ * held). */
+static unsigned pool_extras_pending(struct pool *p)
+{
+	unsigned n = p->extra_starting;
+
+	for (unsigned i = p->size; i < POOL_MAX; i++)
+		n += p->sbs[i] && !p->ready[i];
+	return n;
+}
+
 struct sandbox *pool_take_wait(struct pool *p, double seconds, bool *busy)
 {
 	struct timespec until = clock_after(seconds);
@@ -391,7 +402,10 @@ struct sandbox *pool_take_wait(struct pool *p, double seconds, bool *busy)
 	failures = p->failures;
 	busy_starts = p->busy_starts;
 	if (!p->stopping && pool_start_extra(p)) {
-		while (!p->stopping && !(sb = pool_detach_ready(p)) && p->failures == failures)
+		/* A failed start ends the wait once no other start for a waiting request is left:
+		 * one that failed for another request must not end this one's wait too. */
+		while (!p->stopping && !(sb = pool_detach_ready(p)) &&
+		       (p->failures == failures || pool_extras_pending(p)))
 			if (pthread_cond_timedwait(&p->ready_cv, &p->mu, &until) == ETIMEDOUT)
 				break;
 		*busy = !sb && p->busy_starts != busy_starts;

@@ -329,3 +329,27 @@ def test_a_jail_started_for_a_waiting_request_lives_as_long_as_the_pools(server_
         runs = [ex.submit(srv.execute, SLEEP.format(s=2.9), timeout=3) for _ in range(ready)]
         for f in runs:
             expect_result(f.result(), "slept")
+
+
+def test_a_start_that_fails_for_one_waiting_request_does_not_fail_another(server_factory):
+    """Restricted tier, three run uids: a long run holds one, the pool's refill another. Two
+    requests that then find none ready each have a jail started: one start gets the last uid,
+    the other none. The request that finds none is busy; the other is not failed with it."""
+    srv = pool_server(server_factory, PYEXEC_ISOLATION="restricted", PYEXEC_POOL="1",
+                      PYEXEC_RUN_UIDS="3", PYEXEC_CONCURRENCY="4")
+    wait_ready(srv)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and metrics(srv)["pyexec_run_uids_cleaning"] > 0:
+        time.sleep(0.05)  # the start-up self-check's uid
+    with concurrent.futures.ThreadPoolExecutor(3) as ex:
+        long = ex.submit(srv.execute, SLEEP.format(s=4), timeout=8)
+        time.sleep(0.3)  # it runs on the ready jail; the pool's refill has taken a uid
+        waiting = [ex.submit(srv.execute, f"def main():\n    return {i}\n") for i in (1, 2)]
+        answers = [f.result() for f in waiting]
+        expect_result(long.result(), "slept")
+    assert any(r.status == 200 for r in answers), answers
+    for i, resp in enumerate(answers, 1):
+        if resp.status == 200:
+            expect_result(resp, i)
+        else:
+            expect_error(resp, 429, "busy")
