@@ -16,6 +16,13 @@
 
 #define BACKOFF_MAX 30.0
 
+/* A request in pool_take_wait. Waiters are served oldest first: a sandbox that becomes ready
+ * goes to the oldest, so that later requests do not pass one over again and again. */
+struct pool_waiter {
+	struct pool_waiter *next;
+	struct sandbox *sb; /* handed over by pool_event */
+};
+
 struct pool {
 	pthread_mutex_t mu;
 	pthread_t thread;
@@ -39,7 +46,8 @@ struct pool {
 	unsigned extra_starting; /* extra starts under way (each a detached thread) */
 	unsigned long failures;  /* extra starts that failed, for waiters to notice (the pool's
 	                          * own may fail slowly at nice 19 behind a busy run) */
-	unsigned long busy_starts; /* of those, for want of a run uid (restricted tier) */
+	unsigned long busy_starts;   /* of those, for want of a run uid (restricted tier) */
+	struct pool_waiter *waiters; /* oldest first */
 	pthread_t fillers[POOL_FILLERS_MAX];
 	unsigned nfillers;
 	unsigned n_ready;
@@ -137,14 +145,22 @@ static void pool_event(struct pool *p, unsigned i)
 	int rc = sandbox_check(p->sbs[i]);
 
 	if (rc > 0 && !p->ready[i]) {
-		p->ready[i] = true;
-		p->n_ready++;
 		p->backoff = 0;
 		metrics_jail_start(p->m, sandbox_start_seconds(p->sbs[i]));
+		if (p->waiters) {
+			struct pool_waiter *w = p->waiters;
+			p->waiters = w->next;
+			w->sb = p->sbs[i];
+			p->sbs[i] = NULL;
+			pthread_cond_signal(&p->need);
+			pthread_cond_broadcast(&p->ready_cv);
+			return;
+		}
+		p->ready[i] = true;
+		p->n_ready++;
 		/* One started for a request that took another waits like the pool's own. */
 		if (i >= p->size && p->renice)
 			sandbox_renice(p->sbs[i], 19);
-		pthread_cond_broadcast(&p->ready_cv);
 	} else if (rc < 0) {
 		pool_drop(p, i, p->ready[i] ? "died" : "failed");
 	}
@@ -391,6 +407,43 @@ static unsigned pool_extras_pending(struct pool *p)
 	return n;
 }
 
+/* Queues w last (lock held). */
+static void pool_queue(struct pool *p, struct pool_waiter *w)
+{
+	struct pool_waiter **at = &p->waiters;
+
+	while (*at)
+		at = &(*at)->next;
+	*at = w;
+}
+
+/* Takes w out of the queue if it is still there (lock held). */
+static void pool_unqueue(struct pool *p, struct pool_waiter *w)
+{
+	for (struct pool_waiter **at = &p->waiters; *at; at = &(*at)->next)
+		if (*at == w) {
+			*at = w->next;
+			return;
+		}
+}
+
+/* Waits, queued, for a sandbox handed over by pool_event (lock held). */
+static struct sandbox *pool_wait_queued(struct pool *p, const struct timespec *until,
+                                        unsigned long failures)
+{
+	struct pool_waiter me = {0};
+
+	pool_queue(p, &me);
+	/* A failed start ends the wait once no other start for a waiting request is left: one
+	 * that failed for another request must not end this one's wait too. */
+	while (!p->stopping && !me.sb && (p->failures == failures || pool_extras_pending(p)))
+		if (pthread_cond_timedwait(&p->ready_cv, &p->mu, until) == ETIMEDOUT)
+			break;
+	if (!me.sb)
+		pool_unqueue(p, &me);
+	return me.sb;
+}
+
 struct sandbox *pool_take_wait(struct pool *p, double seconds, bool *busy)
 {
 	struct timespec until = clock_after(seconds);
@@ -402,12 +455,8 @@ struct sandbox *pool_take_wait(struct pool *p, double seconds, bool *busy)
 	failures = p->failures;
 	busy_starts = p->busy_starts;
 	if (!p->stopping && pool_start_extra(p)) {
-		/* A failed start ends the wait once no other start for a waiting request is left:
-		 * one that failed for another request must not end this one's wait too. */
-		while (!p->stopping && !(sb = pool_detach_ready(p)) &&
-		       (p->failures == failures || pool_extras_pending(p)))
-			if (pthread_cond_timedwait(&p->ready_cv, &p->mu, &until) == ETIMEDOUT)
-				break;
+		if (!(sb = pool_detach_ready(p)))
+			sb = pool_wait_queued(p, &until, failures);
 		*busy = !sb && p->busy_starts != busy_starts;
 	}
 	pthread_mutex_unlock(&p->mu);
