@@ -340,11 +340,12 @@ struct sandbox *pool_take(struct pool *p)
 	return sb;
 }
 
-/* Puts sb into a free slot from `size` on (lock held); -1 when there is none. */
+/* Puts sb into a free slot from `size` on (lock held; fillers start only the slots below
+ * it); -1 when there is none. */
 static int pool_put_extra(struct pool *p, struct sandbox *sb)
 {
 	for (unsigned i = p->size; i < POOL_MAX; i++) {
-		if (p->sbs[i] || p->starting[i])
+		if (p->sbs[i])
 			continue;
 		p->sbs[i] = sb;
 		p->ready[i] = false;
