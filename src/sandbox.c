@@ -378,21 +378,27 @@ static void drain(struct io *io)
 	}
 }
 
+/* The end of what nsjail (or a zygote's run) said, for the log. */
+static void diag_tail(const struct sandbox *sb, struct run_result *r)
+{
+	size_t n = sb->diag.len < sizeof(r->diag) - 1 ? sb->diag.len : sizeof(r->diag) - 1;
+
+	if (n)
+		memcpy(r->diag, sb->diag.data + sb->diag.len - n, n);
+	r->diag[n] = '\0';
+}
+
 /* Ends nsjail (after `grace` seconds, or now with kill) through the supervisor, which releases
  * the run's resources, and frees the sandbox. */
 static void sandbox_end(struct sandbox *sb, struct run_result *r, bool kill)
 {
 	struct proc_end end;
-	size_t n;
 
 	proc_end(sb->proc, kill, REAP_SECONDS, &end);
 	/* A zygote's run is no child of ours: without the init's report it was killed. */
 	r->exit_code = end.status < 0 ? 128 + SIGKILL : end.status;
 	r->memory_hit = end.memory_hit;
-	n = sb->diag.len < sizeof(r->diag) - 1 ? sb->diag.len : sizeof(r->diag) - 1;
-	if (n)
-		memcpy(r->diag, sb->diag.data + sb->diag.len - n, n);
-	r->diag[n] = '\0';
+	diag_tail(sb, r);
 	sandbox_free(sb);
 }
 
@@ -478,20 +484,31 @@ void sandbox_destroy(struct sandbox *sb, struct run_result *r)
 	if (!sb)
 		return;
 	proc_kill(sb->proc);
-	/* Keep nsjail's last words for the log when it failed on its own. */
-	while (sb->err >= 0) {
-		struct pollfd p = {.fd = sb->err, .events = POLLIN};
+	/* What it said before the kill is in the pipe already: nsjail's last words, when it failed
+	 * on its own, are kept for the log. */
+	while (fd_readable(sb->err, 0)) {
 		char chunk[4096];
-		ssize_t n;
-		if (poll(&p, 1, 1000) <= 0 || (n = read(sb->err, chunk, sizeof(chunk))) <= 0)
+		ssize_t got = read(sb->err, chunk, sizeof(chunk));
+		if (got <= 0)
 			break;
-		buf_append(&sb->diag, chunk, (size_t)n);
+		buf_append(&sb->diag, chunk, (size_t)got);
 	}
 	if (!r)
 		r = &ignored;
 	memset(r, 0, sizeof(*r));
 	r->end = RUN_START_FAILED;
-	sandbox_end(sb, r, true);
+	if (proc_exited(sb->proc)) {
+		sandbox_end(sb, r, true);
+		return;
+	}
+	/* Its death may take long: a zygote's run dies only once the zygote, at nice 19 behind
+	 * busy runs, has reaped its script's process. The pool's thread that ends it is not to
+	 * wait for that (requests wait for it to see sandboxes become ready): the supervisor
+	 * reaps it and runs its teardown. */
+	r->exit_code = 128 + SIGKILL;
+	diag_tail(sb, r);
+	proc_release(sb->proc, REAP_SECONDS);
+	sandbox_free(sb);
 }
 
 void run_result_free(struct run_result *r)

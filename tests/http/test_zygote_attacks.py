@@ -403,11 +403,15 @@ def test_a_busy_run_does_not_starve_the_zygote(server_factory):
     every process of a run at nice 0 outweighs the zygote's forks 68 to 1 at nice 19. A run
     busy in all its processes starved the fork another request waited for past the start
     timeout: that request waited the whole timeout, and the zygote, taken for stuck, was
-    replaced. The forks start at the normal priority; those for the pool wait at nice 19."""
+    replaced. The forks start at the normal priority; those for the pool wait at nice 19.
+    A fork of the pool's that is not ready within the start timeout is killed, and its end
+    waits for the zygote to reap its script's process: the pool's thread that waited for that
+    end saw no other fork become ready meanwhile, and a request waiting for one was answered
+    500 after seconds (1 run in 12 or more)."""
     srv = server_factory(fresh=True, PYEXEC_HEALTH_DETAILS="on", PYEXEC_START_TIMEOUT="2")
     # The pool's forks are taken one after another while the busy run goes on: each next run
-    # needs a fork started under its load.
-    beside_a_busy_run(srv, 4)
+    # needs a fork started under its load, and the pool's own start slowly, past the timeout.
+    beside_a_busy_run(srv, 12)
     assert "zygote: it made no run within the start timeout" not in srv.log_tail(200)
 
 
