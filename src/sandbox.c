@@ -497,13 +497,15 @@ void sandbox_destroy(struct sandbox *sb, struct run_result *r)
 		r = &ignored;
 	memset(r, 0, sizeof(*r));
 	r->end = RUN_START_FAILED;
-	if (proc_exited(sb->proc)) {
+	/* nsjail, our child, dies at once of the kill, and one that failed on its own a moment ago
+	 * (its pipes closed, its exit not yet seen) is logged with its own exit code. */
+	if (sb->holder < 0 || proc_exited(sb->proc)) {
 		sandbox_end(sb, r, true);
 		return;
 	}
-	/* Its death may take long: a zygote's run dies only once the zygote, at nice 19 behind
-	 * busy runs, has reaped its script's process. The pool's thread that ends it is not to
-	 * wait for that (requests wait for it to see sandboxes become ready): the supervisor
+	/* A zygote's run may take long to die: its init dies only once the zygote, at nice 19
+	 * behind busy runs, has reaped its script's process. The pool's thread that ends it is not
+	 * to wait for that (requests wait for it to see sandboxes become ready): the supervisor
 	 * reaps it and runs its teardown. */
 	r->exit_code = 128 + SIGKILL;
 	diag_tail(sb, r);

@@ -88,9 +88,9 @@ double sandbox_start_seconds(const struct sandbox *sb);
  * supervisor, which reaps it and releases its resources in the background. r is released with
  * run_result_free. */
 void sandbox_run(struct sandbox *sb, const struct run_spec *spec, struct run_result *r);
-/* Kills and frees a sandbox that will not run a script, without waiting for its death: one
- * not dead at once is reaped and torn down by the supervisor. r may be NULL, else it gets the
- * start-failure result for logging (diag, and exit code: 128 + SIGKILL unless it had died). */
+/* Kills and frees a sandbox that will not run a script; a zygote's run not dead at once is
+ * reaped and torn down by the supervisor, without waiting for its death. r may be NULL, else
+ * it gets the start-failure result for logging (diag and exit code). */
 void sandbox_destroy(struct sandbox *sb, struct run_result *r);
 
 void run_result_free(struct run_result *r);

@@ -1,6 +1,7 @@
 """Faults the service must survive: a missing or broken sandbox, jails killed from outside,
 hostile clients, descriptor exhaustion. Each ends with the service healthy again."""
 
+import json
 import os
 import resource
 import shutil
@@ -89,6 +90,34 @@ def test_nsjail_loses_its_exec_bit(server_factory, open_tmp_path):
     finally:
         os.chmod(copy, 0o755)
     assert srv.get("/healthz").status == 200
+    expect_result(srv.execute(OK), 42)
+
+
+def test_a_jail_that_fails_on_its_own_is_logged_with_its_own_exit_code(server_factory,
+                                                                        open_tmp_path):
+    """A jail that failed to start is ended without waiting for a death that may take long;
+    one whose nsjail exited on its own was logged as killed (137) when its pipes were seen
+    closed a moment before its exit was (1 start in 6)."""
+    flag = open_tmp_path / "broken"
+    wrapper = open_tmp_path / "nsjail"
+    wrapper.write_text(f"#!/bin/sh\nif [ -e {flag} ]; then\n"
+                       "  echo 'nsjail: broken on purpose' >&2\n  exit 3\nfi\n"
+                       f"exec {nsjail_path()} \"$@\"\n")
+    os.chmod(wrapper, 0o755)
+    # One-shot jails started for each request: nsjail is the server's child.
+    srv = server_factory(fresh=True, PYEXEC_NSJAIL=str(wrapper), PYEXEC_POOL="0",
+                         PYEXEC_ZYGOTE="off")
+    expect_result(srv.execute(OK), 42)
+    flag.touch()
+    try:
+        for _ in range(30):
+            expect_error(srv.execute(OK), 500, "internal")
+    finally:
+        flag.unlink()
+    logged = [json.loads(line) for line in srv.log_path.read_text().splitlines()
+              if '"jail did not start"' in line]
+    assert len(logged) == 30, logged
+    assert {(e["exitCode"], e["nsjail"]) for e in logged} == {(3, "nsjail: broken on purpose\n")}
     expect_result(srv.execute(OK), 42)
 
 
