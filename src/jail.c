@@ -277,10 +277,16 @@ static int zygote_build(struct args *a, const struct config *c, const char *py, 
 	rc |= jail_add(a, "--seccomp_string=%s", policy);
 	rc |= jail_add(a, "--pass_fd=%d", ZYGOTE_CTL_FD);
 	rc |= jail_add(a, "--pass_fd=%d", ZYGOTE_FILTER_FD);
+	/* Every object in glibc's heap, one mapping that the zygote puts in huge pages: a fork
+	 * copies and a run's exit frees far fewer page-table entries (bench/README.md). */
+	rc |= jail_add(a, "--env=PYTHONMALLOC=malloc");
 	a->split = a->argc;
 	rc |= jail_add(a, "--");
 	rc |= jail_add(a, "%s", py);
-	rc |= jail_add(a, "-I");
+	/* -I without its -E, which would ignore PYTHONMALLOC: nsjail passes no environment but
+	 * the config's and the line above. */
+	rc |= jail_add(a, "-s");
+	rc |= jail_add(a, "-P");
 	rc |= jail_add(a, "-u");
 	rc |= jail_add(a, "/pyexec/zygote.py");
 	rc |= jail_add(a, "%d", ZYGOTE_CTL_FD);
