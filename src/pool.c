@@ -106,15 +106,20 @@ static void *pool_filler(void *arg)
 	return NULL;
 }
 
-static void pool_failed_start(struct pool *p, struct run_result *r)
+/* why: "failed" (it ended before it was ready) or "slow" (PYEXEC_START_TIMEOUT passed). Both
+ * back off, so that a sandbox that cannot start in time is not a spin either. */
+static void pool_failed_start(struct pool *p, const char *why, struct run_result *r)
 {
+	bool slow = strcmp(why, "slow") == 0;
+
 	p->backoff = p->backoff ? fmin(p->backoff * 2, BACKOFF_MAX) : 0.5;
 	p->retry_at = clock_now() + p->backoff;
-	metrics_jail_event(p->m, "failed");
-	log_json("ERROR",
-	         json_pack("{s:i,s:s,s:f}", "exitCode", r->exit_code, "nsjail", r->diag,
-	                   "retryInSeconds", p->backoff),
-	         "pool: a ready jail failed to start");
+	metrics_jail_event(p->m, why);
+	log_json(slow ? "WARNING" : "ERROR",
+	         json_pack("{s:i,s:s,s:f,s:f}", "exitCode", r->exit_code, "nsjail", r->diag,
+	                   "retryInSeconds", p->backoff, "startTimeout", p->start_timeout),
+	         slow ? "pool: a ready jail did not start within the start timeout; it was killed"
+	              : "pool: a ready jail failed to start");
 }
 
 /* Detaches slot i (lock held) and destroys it without the lock. */
@@ -135,7 +140,7 @@ static void pool_drop(struct pool *p, unsigned i, const char *why)
 		pthread_cond_broadcast(&p->ready_cv);
 	}
 	if (!was_ready && strcmp(why, "expired") != 0)
-		pool_failed_start(p, &r);
+		pool_failed_start(p, why, &r);
 	else
 		metrics_jail_event(p->m, why);
 }

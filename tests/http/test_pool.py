@@ -353,3 +353,19 @@ def test_a_start_that_fails_for_one_waiting_request_does_not_fail_another(server
             expect_result(resp, i)
         else:
             expect_error(resp, 429, "busy")
+
+
+def test_a_pool_start_that_misses_the_start_timeout_is_counted_slow(server_factory):
+    """A ready jail still starting after PYEXEC_START_TIMEOUT is killed and counted as slow,
+    not as failed (docs/api.md, pyexec_pool_discarded_total): a one-shot jail importing pandas
+    takes far longer than 0.2 s."""
+    srv = pool_server(server_factory, PYEXEC_POOL="1", PYEXEC_ZYGOTE="off",
+                      PYEXEC_PRELOAD="numpy,pandas", PYEXEC_START_TIMEOUT="0.2")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        got = metrics(srv)
+        if got.get('pyexec_pool_discarded_total{reason="slow"}', 0) >= 2:
+            break
+        time.sleep(0.2)
+    assert got['pyexec_pool_discarded_total{reason="slow"}'] >= 2, got
+    assert got['pyexec_pool_discarded_total{reason="failed"}'] == 0, got
