@@ -635,6 +635,32 @@ def test_memory_within_limit_is_fine(server):
     expect_result(server.execute(script), 100 * 1024 * 1024)
 
 
+THREADS_HOLDING = """import threading
+def main():
+    outcomes, kept, together = [], [], threading.Barrier(6)
+    def work():
+        try:
+            kept.append([str(i) * 3 for i in range(100000)])
+            outcomes.append("ok")
+        except MemoryError:
+            outcomes.append("MemoryError")
+        together.wait(20)
+    threads = [threading.Thread(target=work) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sorted(outcomes)
+"""
+
+
+def test_memory_within_limit_is_fine_in_threads(server):
+    """Six threads holding some 10 MB of small objects each, 60 of the 512 MB: with glibc's
+    allocator each thread got an arena reserving 64 MiB of address space (RLIMIT_AS), and one
+    of them a MemoryError with 93 MB in use. Every run gets the memory of a one-shot jail."""
+    expect_result(server.execute(THREADS_HOLDING, timeout=30), ["ok"] * 6)
+
+
 @pytest.mark.parametrize("script", [
     "import os\ndef main():\n    print('dying', flush=True)\n    os.kill(os.getpid(), 9)\n    return 1\n",
     "import ctypes\ndef main():\n    return ctypes.string_at(0)\n",
