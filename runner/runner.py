@@ -735,17 +735,22 @@ def serve_script(result_fd, done_fd, result_max, linger):
     except BaseException as exc:
         if os.getpid() != pid:
             _exit(1)  # a forked child failed, as an uncaught exception would end it
-        err = exc if isinstance(exc, ScriptError) else ScriptError(
-            "exception", f"Running the script failed: {exc_text(exc)}.", exc)
-        if err.code == "memory_limit":
+        # Checked before anything is allocated: a script may have left the runner no memory
+        # at all, not even for its ScriptError (a MemoryError then comes in its place).
+        if isinstance(exc, MemoryError) or (isinstance(exc, ScriptError)
+                                            and exc.code == "memory_limit"):
             # Drop everything the script held (its traceback keeps its frames alive).
-            err.exc = None
+            exc = None
             try:
                 ballast.close()
             except Exception:  # the script reached it and keeps a view of it (or replaced it)
                 pass
             sys.modules.pop(MODULE_NAME, None)
             gc.collect()
+            err = ScriptError("memory_limit", "out of memory")
+        else:
+            err = exc if isinstance(exc, ScriptError) else ScriptError(
+                "exception", f"Running the script failed: {exc_text(exc)}.", exc)
         frame = error_frame(err)
     if os.getpid() != pid:
         _exit(0)  # a forked child came back: only the original process reports

@@ -584,6 +584,39 @@ def test_memory_limit(small_server, script):
     expect_script_error(resp, "memory_limit")
 
 
+
+FILL_THEN_RETURN = """keep = []
+def main():
+    for size in (1 << 20, 4096, 64):
+        try:
+            while True:
+                keep.append(bytearray(size))
+        except MemoryError:
+            pass
+    return list(range(200))
+"""
+
+
+@pytest.mark.parametrize("script", [
+    FILL_THEN_RETURN,
+    "import threading, time\nkeep = []\ndef fill():\n    try:\n        while True:\n"
+    "            keep.append(str(len(keep)) * 50)\n    except MemoryError:\n"
+    "        time.sleep(60)\ndef main():\n    for _ in range(4):\n"
+    "        threading.Thread(target=fill, daemon=True).start()\n    time.sleep(1.5)\n"
+    "    return 'done'\n",
+], ids=["fill-then-return", "threads-fill-while-main-returns"])
+def test_memory_left_to_the_runner_is_a_memory_limit(server, script):
+    """A script that leaves no memory at all for the runner's own steps (encoding its result,
+    the error's text) gets memory_limit or its result, never an internal error: with glibc's
+    allocator in the zygote's runs, the runner's MemoryError escaped it (exit status 71, the
+    zygote's message in stdout) or was reported as an exception."""
+    resp = server.execute(script, timeout=10)
+    if resp.status == 200:
+        assert resp.json()["result"] in (list(range(200)), "done"), resp
+    else:
+        expect_script_error(resp, "memory_limit")
+        assert "pyexec" not in resp.json()["stdout"], resp
+
 # The runner keeps address space back (RLIMIT_AS) so that it can still report a MemoryError.
 RESERVE = """import ctypes, sys
 def main():
