@@ -45,7 +45,6 @@ CLONE_NEWNET = 0x40000000
 PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, PR_CAPBSET_DROP = 38, 22, 24
 SECCOMP_MODE_FILTER = 2
 MADV_COLLAPSE = 25
-M_ARENA_MAX = -8
 RUN_FDS = 6  # stdin, stdout, stderr, result channel, status channel, handshake
 # The init's namespaces as it sends them (init/runinit.c), the user namespace first: the others
 # belong to it.
@@ -325,16 +324,13 @@ def main():
     ctl_fd, filter_fd, result_max = (int(a) for a in sys.argv[1:4])
     preload_names, caps, limits, tmp, records_max = sys.argv[4:9]
     os.environ.pop("PYTHONMALLOC", None)  # read at start-up (jail.c); runs see the jail's usual env
-    # One arena for every thread, as Python's own allocator has: glibc's arena per thread
-    # reserves 64 MiB of address space, so a run's threads would get MemoryError under
-    # RLIMIT_AS with a fraction of PYEXEC_MEMORY_MB in use. The GIL serializes them anyway.
-    libc.mallopt(M_ARENA_MAX, 1)
     own_user_namespace()
     for fd in (ctl_fd, filter_fd):
         os.set_inheritable(fd, False)
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import runner
 
+    runner.one_arena()
     program = read_all(filter_fd)
     os.close(filter_fd)
     if not program or len(program) % 8:
